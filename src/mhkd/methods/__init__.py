@@ -1,0 +1,13 @@
+"""Distillation methods, one file each, registered by name; ``"a+b"`` composes them."""
+
+from mhkd.methods import kd  # noqa: F401  (registers the method)
+from mhkd.methods.base import (
+    Method,
+    MethodContext,
+    MethodSet,
+    ModelOutput,
+    available,
+    register,
+)
+
+__all__ = ["Method", "MethodContext", "MethodSet", "ModelOutput", "available", "register"]

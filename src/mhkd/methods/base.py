@@ -1,0 +1,188 @@
+"""The method interface: what every distillation method provides to the training loop.
+
+A method is an ``nn.Module`` that owns its trainable extras (heads, regressors, embeddings,
+memory banks) and turns one step's student and teacher outputs into named loss terms. The
+loop weights the terms, sums them and back-propagates; it knows nothing of any method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mhkd.data.batch import Batch
+from mhkd.taps import infer_shapes
+
+
+class ModelOutput(NamedTuple):
+    """A network's logits and the tapped intermediate outputs, keyed by layer name."""
+
+    logits: Tensor
+    features: dict[str, Tensor]
+
+
+@dataclass
+class MethodContext:
+    """What a method may look at when it builds its extras.
+
+    ``teacher_layers``/``student_layers`` are user-chosen layer names (``None``: the method
+    picks defaults from the zoo models' ``stage_names``/``embedding_name``).
+    """
+
+    student: nn.Module
+    teacher: nn.Module | None
+    num_classes: int
+    num_samples: int = 0
+    epochs: int = 1
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    teacher_layers: Sequence[str] | None = None
+    student_layers: Sequence[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def student_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
+        return infer_shapes(self.student, names, self.input_shape)
+
+    def teacher_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
+        if self.teacher is None:
+            raise ValueError("this method needs a teacher")
+        return infer_shapes(self.teacher, names, self.input_shape)
+
+
+class Method(nn.Module):
+    """Base class of distillation methods.
+
+    Subclasses set ``name``, ``weights`` (default weight of every loss term ``forward`` returns,
+    and optionally ``"ce"`` to change the label term's weight) and ``companions`` (methods that
+    always run beside this one, e.g. ``("kd",)``), fill ``teacher_layers``/``student_layers``
+    with the layers they need tapped, and implement ``forward``.
+    """
+
+    name: ClassVar[str] = ""
+    weights: ClassVar[dict[str, float]] = {}
+    companions: ClassVar[tuple[str, ...]] = ()
+    needs_teacher: ClassVar[bool] = True
+    #: Which teacher outputs the method reads: "logits" lets the teacher's outputs be cached.
+    teacher_inputs: ClassVar[str] = "features"
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__()
+        self.teacher_layers: list[str] = []
+        self.student_layers: list[str] = []
+
+    def forward(  # type: ignore[override]
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        """Called before each epoch (from 0); returns scalars worth logging (schedules)."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator that makes a method available by its ``name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of the registered methods (``ce`` is the plain label loss, no method)."""
+    return ["ce", *sorted(_REGISTRY)]
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; choose from {', '.join(available())} "
+            "or a sum of them such as 'crd+mhkd'"
+        ) from None
+
+
+def expand(spec: str) -> list[str]:
+    """Method names in a spec such as ``"crd+mhkd"``, companions first, each once."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split("+")):
+        if part == "ce":
+            continue
+        cls = method_class(part)
+        for name in (*cls.companions, part):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def default_weights(names: Sequence[str]) -> dict[str, float]:
+    """Merge the methods' default term weights.
+
+    ``ce`` takes the smallest weight any method asks for (1.0 when none does): a method that
+    mixes in KD lowers the label term, and ``kd+at`` keeps KD's 0.1/0.9 split.
+    """
+    weights: dict[str, float] = {}
+    ce: list[float] = []
+    for name in names:
+        for term, value in method_class(name).weights.items():
+            if term == "ce":
+                ce.append(value)
+            else:
+                weights.setdefault(term, value)
+    return {"ce": min(ce, default=1.0), **weights}
+
+
+class MethodSet(nn.Module):
+    """The methods of one run, called in turn; their loss terms are merged into one dict."""
+
+    def __init__(self, spec: str, ctx: MethodContext, options: dict[str, dict] | None = None):
+        super().__init__()
+        options = options or {}
+        self.spec = spec
+        self.names = expand(spec)
+        self.methods = nn.ModuleDict(
+            {name: method_class(name)(ctx, **options.get(name, {})) for name in self.names}
+        )
+        self.weights = default_weights(self.names)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(m.needs_teacher for m in self.methods.values())
+
+    @property
+    def teacher_layers(self) -> list[str]:
+        return list(dict.fromkeys(n for m in self.methods.values() for n in m.teacher_layers))
+
+    @property
+    def student_layers(self) -> list[str]:
+        return list(dict.fromkeys(n for m in self.methods.values() for n in m.student_layers))
+
+    @property
+    def teacher_inputs(self) -> str:
+        kinds = {m.teacher_inputs for m in self.methods.values() if m.needs_teacher}
+        return "logits" if kinds <= {"logits"} else "features"
+
+    def forward(  # type: ignore[override]
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        for name, method in self.methods.items():
+            for term, value in method(student, teacher, batch).items():
+                if term in terms:
+                    raise RuntimeError(f"methods return the loss term {term!r} twice ({name})")
+                terms[term] = value
+        return terms
+
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        logged: dict[str, float] = {}
+        for method in self.methods.values():
+            logged.update(method.start_epoch(epoch))
+        return logged
+
