@@ -7,7 +7,7 @@ loop weights the terms, sums them and back-propagates; it knows nothing of any m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -80,6 +80,17 @@ class Method(nn.Module):
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Called before each epoch (from 0); returns scalars worth logging (schedules)."""
+        return {}
+
+    def prepare(self, teacher: nn.Module | None, loader: Iterable[Batch]) -> None:
+        """Called once before the first epoch of a fresh run (never on resume).
+
+        For work that must precede distillation, such as pre-fitting heads on the frozen
+        teacher; its results must live in the method's state so a resumed run keeps them.
+        """
+
+    def summary(self) -> dict[str, Any]:
+        """Extra fields for the run's ``summary.json`` (e.g. the size of auxiliary heads)."""
         return {}
 
 
@@ -185,4 +196,14 @@ class MethodSet(nn.Module):
         for method in self.methods.values():
             logged.update(method.start_epoch(epoch))
         return logged
+
+    def prepare(self, teacher: nn.Module | None, loader: Iterable[Batch]) -> None:
+        for method in self.methods.values():
+            method.prepare(teacher, loader)
+
+    def summary(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for method in self.methods.values():
+            extra.update(method.summary())
+        return extra
 
