@@ -105,6 +105,11 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def registered() -> list[type[Method]]:
+    """The registered method classes, in name order."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
 def available() -> list[str]:
     """Names of the registered methods (``ce`` is the plain label loss, no method)."""
     return ["ce", *sorted(_REGISTRY)]
@@ -206,4 +211,3 @@ class MethodSet(nn.Module):
         for method in self.methods.values():
             extra.update(method.summary())
         return extra
-

@@ -1,0 +1,54 @@
+"""What the hardware at hand does fast, decided by checks rather than assumed."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cache
+
+import torch
+
+
+@cache
+def cpu_has_bf16_units() -> bool:
+    """True when the CPU has bf16 matrix units (AMX) or AVX-512 bf16 instructions.
+
+    Without them bf16 autocast on the CPU is emulated and slower than float32.
+    """
+    flags = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = line
+                break
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` becomes ``"bf16"`` where the device runs bf16 fast, else ``"fp32"``."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {precision!r}; choose from auto, bf16, fp32")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16_units() else "fp32"
+
+
+def resolve_channels_last(setting: str, device: torch.device, precision: str) -> bool:
+    """``"auto"``: channels_last on GPUs and with bf16 on the CPU, where oneDNN prefers it."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"unknown channels_last setting {setting!r}; choose from auto, on, off")
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" or precision == "bf16"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
