@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from mhkd import checkpoint, data, models
-from mhkd.train import TrainConfig, Trainer
+from mhkd.train import TrainConfig, Trainer, set_seed
 
 
 def load_data(dataset: str | data.DataSplits, data_dir: str | Path | None = None, **options):
@@ -55,6 +55,7 @@ def trainer(
 ) -> Trainer:
     """Build a :class:`~mhkd.train.Trainer` (resumed from ``out`` when ``resume``)."""
     splits = load_data(data, data_dir)
+    set_seed(config.get("seed", 0))  # zoo models are initialised from the run's seed
     student_model = load_model(student, splits.num_classes)
     teacher_model = load_model(teacher, splits.num_classes) if teacher is not None else None
     run = Trainer(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mhkd import __version__
+from mhkd.methods.base import split_options
 
 EXIT_USAGE = 2
 
@@ -195,18 +196,15 @@ def _parse_weights(items: Sequence[str]) -> dict[str, float]:
 
 
 def method_options(spec: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Keyword arguments for each method in ``spec`` from the flags it declared."""
+    """Keyword arguments for each method in ``spec`` from the method flags that were given."""
     from mhkd.methods.base import expand, method_class
 
-    options: dict[str, dict[str, Any]] = {}
+    given = {}
     for name in expand(spec):
-        params = inspect.signature(method_class(name).__init__).parameters
-        options[name] = {
-            key: getattr(args, key)
-            for key in params
-            if key not in ("self", "ctx") and getattr(args, key, None) is not None
-        }
-    return options
+        for key in inspect.signature(method_class(name).__init__).parameters:
+            if key not in ("self", "ctx") and getattr(args, key, None) is not None:
+                given[key] = getattr(args, key)
+    return split_options(spec, given)
 
 
 def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -332,12 +332,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, batch in enumerate(bar):
-            with hardware.autocast(self.device, self.precision):
-                logits, terms = self.step_module(batch)
-            loss = weighted_sum(terms, self.weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            logits, terms, loss = self.train_step(batch)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
             correct += (logits.argmax(1) == batch.labels).sum()
@@ -363,6 +358,16 @@ class Trainer:
             "images_per_s": seen / elapsed,
             **scheduled,
         }
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Forward, weighted loss, backward and optimizer step on one batch."""
+        with hardware.autocast(self.device, self.precision):
+            logits, terms = self.step_module(batch)
+        loss = weighted_sum(terms, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return logits, terms, loss
 
     @torch.inference_mode()
     def evaluate(self, loader: DeviceLoader) -> float:

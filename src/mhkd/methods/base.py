@@ -7,6 +7,7 @@ loop weights the terms, sums them and back-propagates; it knows nothing of any m
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -136,6 +137,24 @@ def expand(spec: str) -> list[str]:
             if name not in names:
                 names.append(name)
     return names
+
+
+def split_options(spec: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Give each method in ``spec`` the ``values`` its constructor takes.
+
+    A value may reach several methods (``temperature`` goes to every one that takes it); a key
+    that no method in the spec takes is an error, so typos do not pass silently.
+    """
+    options: dict[str, dict[str, Any]] = {}
+    used: set[str] = set()
+    for name in expand(spec):
+        params = set(inspect.signature(method_class(name).__init__).parameters) - {"self", "ctx"}
+        options[name] = {k: v for k, v in values.items() if k in params}
+        used.update(options[name])
+    unused = sorted(set(values) - used)
+    if unused:
+        raise ValueError(f"option(s) {', '.join(unused)} are not taken by method {spec!r}")
+    return options
 
 
 def default_weights(names: Sequence[str]) -> dict[str, float]:

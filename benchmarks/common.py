@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmarks: machine description and robust timing."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def machine() -> str:
+    """One line naming the CPU (and GPU), cores and torch version the figures were taken on."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of ``fn``, with the device's queue drained on both sides."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(
+    runners: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Median seconds per call of each runner, calling them in turn so load drifts hit all.
+
+    Each runner is called once first as a warm-up (allocations, oneDNN kernel selection).
+    """
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(seconds(run, device))
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny two-stage CNN and small synthetic data, so tests stay fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mhkd import data
+
+torch.set_num_threads(2)
+
+
+class TinyNet(nn.Module):
+    """A user model in the zoo's shape: named stages, an embedding and a classifier."""
+
+    stage_names = ("stage1", "stage2", "stage3")
+    embedding_name = "flatten"
+    classifier_name = "fc"
+
+    def __init__(self, num_classes: int = 4, width: int = 8):
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+            )
+
+        self.stage1 = block(3, width, 1)
+        self.stage2 = block(width, 2 * width, 2)
+        self.stage3 = block(2 * width, 4 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.stage3(self.stage2(self.stage1(x))))))
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> data.DataSplits:
+    return data.load("synthetic", num_train=256, num_test=128, num_classes=4, image_size=16)
+
+
+@pytest.fixture
+def fast() -> dict:
+    """Training settings for tiny, deterministic CPU runs."""
+    return {"batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32", "device": "cpu"}
