@@ -17,7 +17,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +145,10 @@ class Trainer:
         student_layers: Sequence[str] | None = None,
         method_options: dict[str, dict[str, Any]] | None = None,
         extra_config: dict[str, Any] | None = None,
+        loggers: Sequence[Callable[[dict[str, Any]], None]] = (),
     ):
         self.config = config
+        self.loggers = list(loggers)
         self.data = data
         self.out = Path(out) if out is not None else None
         self.device = torch.device(config.device) if config.device else hardware.default_device()
@@ -386,6 +388,8 @@ class Trainer:
         if self.out is not None:
             with self._path("metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        for logger in self.loggers:
+            logger(record)
 
     def summary(self) -> dict[str, Any]:
         sizes = profile(self.student, tuple(self.data.train.images.shape[1:]))
