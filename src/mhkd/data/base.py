@@ -1,0 +1,77 @@
+"""What every data set loader returns, and the error a CLI user sees when loading fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class DataError(Exception):
+    """A data set cannot be loaded; the message is one line, fit to show a CLI user as is."""
+
+
+@dataclass
+class ImageSet:
+    """A whole split in memory: uint8 images N×3×H×W and int64 labels N."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(
+                f"images must be uint8 N×3×H×W, got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(
+                f"labels must be int64 of shape ({len(self.images)},), "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSplits:
+    """A data set's train and test splits with the per-channel statistics used to normalise."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of uint8 images in [0, 1] units.
+
+    Counting the 256 pixel values per channel avoids a float copy of the whole data set.
+    """
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        total = counts.sum()
+        mean = (counts * values).sum() / total
+        var = (counts * (values - mean) ** 2).sum() / total
+        means.append(float(mean) / 255.0)
+        stds.append(float(var.sqrt()) / 255.0)
+    return tuple(means), tuple(stds)
+
+
+def make_splits(name: str, train: ImageSet, test: ImageSet, num_classes: int) -> DataSplits:
+    """Bundle two splits, checking labels fit ``num_classes`` (corrupt files show up here)."""
+    for split, images in (("train", train), ("test", test)):
+        if len(images) == 0:
+            raise DataError(f"{name}: the {split} split is empty")
+        low, high = int(images.labels.min()), int(images.labels.max())
+        if low < 0 or high >= num_classes:
+            raise DataError(
+                f"{name}: {split} labels span {low}..{high}, expected 0..{num_classes - 1}"
+            )
+    mean, std = channel_stats(train.images)
+    return DataSplits(name, train, test, num_classes, mean, std)
