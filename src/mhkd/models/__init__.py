@@ -8,7 +8,7 @@ Every zoo model returns logits from ``forward`` and declares where to tap it:
 
 from mhkd.models import mobilenetv2, resnet, shufflenetv1, shufflenetv2, vgg, wrn
 from mhkd.models._base import ZooNet
-from mhkd.models._registry import available, create, register
+from mhkd.models._registry import available, create, from_spec, register
 from mhkd.models.complexity import count_macs, count_params, profile
 from mhkd.models.mobilenetv2 import MobileNetV2
 from mhkd.models.resnet import ResNet
@@ -29,6 +29,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "create",
+    "from_spec",
     "mobilenetv2",
     "profile",
     "register",

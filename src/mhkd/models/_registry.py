@@ -31,4 +31,12 @@ def create(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
     factory = _FACTORIES.get(name.lower())
     if factory is None:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(available())}")
-    return factory(num_classes=num_classes, **kwargs)
+    model = factory(num_classes=num_classes, **kwargs)
+    # How to rebuild it: checkpoints store this so `mhkd eval` needs no code from the user.
+    model.zoo_spec = {"name": name.lower(), "num_classes": num_classes, "kwargs": dict(kwargs)}
+    return model
+
+
+def from_spec(spec: dict) -> nn.Module:
+    """Rebuild a model from the ``zoo_spec`` a checkpoint recorded."""
+    return create(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
