@@ -1,6 +1,9 @@
 """Distillation methods, one file each, registered by name; ``"a+b"`` composes them."""
 
-from mhkd.methods import kd  # noqa: F401  (registers the method)
+from mhkd.methods import (
+    kd,  # noqa: F401  (registers the method)
+    mhkd,  # noqa: F401  (registers mhkd and ohkd)
+)
 from mhkd.methods.base import (
     Method,
     MethodContext,

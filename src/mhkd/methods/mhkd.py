@@ -1,0 +1,368 @@
+"""Multi-head knowledge distillation, MHKD (Wang, Lohit, Jones & Fu 2020), and one-head OHKD.
+
+Auxiliary heads (:class:`mhkd.heads.AuxHead`) sit on the ends of the first stages of the
+teacher and of the student; head j of the student learns from head j of the teacher with the
+one-head loss ``α·KL·τ² + (1 − α)·CE``. The teacher heads learn from the labels alone, on
+detached features of the frozen teacher, either alongside the student (``joint``, the paper's
+default) or once before distillation (``prefit``, then fixed).
+
+How the paper's objective maps onto the loss terms the trainer weights and sums::
+
+    paper:  β·Σ_j [α·KL_j·τ² + (1−α)·CE_j]  +  [α·KL·τ² + (1−α)·CE]   (+ teacher heads' CE)
+    terms:  "mhkd" (weight 1, β inside)     +  0.9·"kd" + 0.1·"ce"     (+ "mhkd_teacher_ce")
+
+The final-logit part is the companion ``kd`` method, whose weights 0.9/0.1 equal the paper's
+α = 0.9; changing ``alpha`` here changes the heads only (use ``--weight kd=…`` and
+``--weight ce=…`` for the final logits). ``temperature`` reaches both methods from the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mhkd import losses
+from mhkd.data.batch import Batch
+from mhkd.heads import AuxHead
+from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.taps import Taps
+
+HEAD_MODES = ("joint", "prefit")
+
+
+def parse_heads(value: int | str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """Head numbers (1-based stage positions) from ``2``, ``"2,3"`` or ``[2, 3]``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return tuple(int(part) for part in value.split(","))
+        except ValueError:
+            raise ValueError(
+                f"heads must be comma-separated numbers such as 2,3; got {value!r}"
+            ) from None
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _cli_heads(value: str) -> tuple[int, ...] | None:
+    try:
+        return parse_heads(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _head_input(feature: Tensor) -> Tensor:
+    """A teacher feature as a head input that carries no graph into the teacher.
+
+    A feature captured under ``inference_mode`` cannot be saved for backward, so it is copied.
+    """
+    return feature.clone() if feature.is_inference() else feature.detach()
+
+
+def _stage_layers(
+    model: nn.Module, given: Sequence[str] | None, count: int, role: str
+) -> list[str]:
+    if given:
+        return list(given)
+    stages = getattr(model, "stage_names", None)
+    if not stages:
+        raise ValueError(
+            f"the {role} ({type(model).__name__}) declares no stage_names; "
+            f"name its layers with --{role}-layers"
+        )
+    if len(stages) < count:
+        raise ValueError(
+            f"the {role} has {len(stages)} stages but {count} heads were asked for; "
+            f"lower head_stages or name layers with --{role}-layers"
+        )
+    return list(stages[:count])
+
+
+def _heads_for(
+    shapes: dict[str, torch.Size],
+    layers: Sequence[str],
+    role: str,
+    num_classes: int,
+    convs: int,
+    fcs: int,
+    width: int,
+) -> nn.ModuleList:
+    heads = []
+    for name in layers:
+        shape = shapes[name]
+        if len(shape) != 3:
+            raise ValueError(
+                f"{role} layer {name!r} outputs shape {tuple(shape)} per sample; MHKD heads "
+                "need feature maps (channels, height, width)"
+            )
+        heads.append(AuxHead(shape[0], num_classes, convs, fcs, width))
+    return nn.ModuleList(heads)
+
+
+@register
+class MHKD(Method):
+    """Auxiliary heads on the first ``head_stages`` stages of both networks, all used.
+
+    ``heads`` picks a subset by 1-based position (``(1,)``, ``(2, 3)``); layers default to the
+    zoo models' first ``head_stages`` ``stage_names``, or are the user's ``teacher_layers`` /
+    ``student_layers`` (paired in order). ``beta`` multiplies the heads' term; the heads live
+    here, never in the student, so the deployable student is the bare network.
+    """
+
+    name = "mhkd"
+    weights = {"mhkd": 1.0, "mhkd_teacher_ce": 1.0}
+    companions = ("kd",)
+    #: Heads used when ``heads`` is not given (``None``: all of them).
+    default_heads: ClassVar[tuple[int, ...] | None] = None
+
+    def __init__(
+        self,
+        ctx: MethodContext,
+        heads: int | str | Sequence[int] | None = None,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        beta: float = 0.5,
+        head_stages: int = 3,
+        head_mode: str = "joint",
+        head_convs: int = 2,
+        head_fcs: int = 2,
+        head_width: int = 256,
+        prefit_epochs: int = 5,
+        prefit_lr: float = 0.05,
+    ):
+        super().__init__(ctx)
+        if head_mode not in HEAD_MODES:
+            raise ValueError(f"unknown head mode {head_mode!r}; choose joint or prefit")
+        if temperature <= 0 or not 0 <= alpha <= 1 or beta < 0:
+            raise ValueError(
+                f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
+                f"{temperature}, {alpha}, {beta}"
+            )
+        if ctx.teacher is None:
+            raise ValueError(f"method {self.name!r} needs a teacher")
+        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, head_stages, "teacher")
+        student_layers = _stage_layers(ctx.student, ctx.student_layers, head_stages, "student")
+        if len(teacher_layers) != len(student_layers):
+            raise ValueError(
+                f"{self.name} pairs teacher and student layers in order, but got "
+                f"{len(teacher_layers)} teacher layers ({', '.join(teacher_layers)}) and "
+                f"{len(student_layers)} student layers ({', '.join(student_layers)})"
+            )
+        chosen = parse_heads(heads) or self.default_heads or range(1, len(teacher_layers) + 1)
+        self.heads = tuple(chosen)
+        self._check_heads(len(teacher_layers))
+        self.teacher_layers = [teacher_layers[j - 1] for j in self.heads]
+        self.student_layers = [student_layers[j - 1] for j in self.heads]
+
+        self.temperature, self.alpha, self.beta = temperature, alpha, beta
+        self.head_mode = head_mode
+        self.prefit_epochs, self.prefit_lr = prefit_epochs, prefit_lr
+        size = (ctx.num_classes, head_convs, head_fcs, head_width)
+        self.student_heads = _heads_for(
+            ctx.student_shapes(self.student_layers), self.student_layers, "student", *size
+        )
+        self.teacher_heads = _heads_for(
+            ctx.teacher_shapes(self.teacher_layers), self.teacher_layers, "teacher", *size
+        )
+        if head_mode == "prefit":
+            # Fitted once in prepare(), then fixed: out of the optimizer, BatchNorm frozen.
+            # The teacher's outputs the method reads are then its logits and these fixed
+            # heads' logits, which a teacher-output cache could store per sample.
+            self.teacher_heads.requires_grad_(False)
+            self.teacher_inputs = "logits+heads"
+        # Plain attributes, not submodules: kept for measuring the heads' step overhead.
+        self._models = (ctx.student, ctx.teacher)
+        # The last training batch and its autocast dtype, for summary()'s overhead probe.
+        self._probe: tuple[Batch, torch.dtype | None] | None = None
+        self.prefit_acc: list[float] = []
+
+    def _check_heads(self, available: int) -> None:
+        bad = [j for j in self.heads if not 1 <= j <= available]
+        if bad or not self.heads or len(set(self.heads)) != len(self.heads):
+            raise ValueError(
+                f"heads must be distinct numbers from 1 to {available} (one per stage), "
+                f"got {','.join(map(str, self.heads))}"
+            )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """MHKD's command-line flags; absent flags leave the constructor defaults."""
+        keep = argparse.SUPPRESS
+        parser.add_argument("--heads", type=_cli_heads, default=keep,
+                            help="heads to use by stage position, e.g. 1 or 2,3 (default: all "
+                            "for mhkd, 1 for ohkd)")
+        parser.add_argument("--head-mode", choices=HEAD_MODES, default=keep,
+                            help="train the teacher heads alongside the student (joint, default) "
+                            "or fit them first on the frozen teacher (prefit)")
+        parser.add_argument("--temperature", type=float, default=keep, help="τ (default 4)")
+        parser.add_argument("--alpha", type=float, default=keep,
+                            help="KL share of each head's loss (default 0.9)")
+        parser.add_argument("--beta", type=float, default=keep,
+                            help="weight of the heads' sum (default 0.5; 5 on SVHN)")
+        parser.add_argument("--head-stages", type=int, default=keep,
+                            help="heads on the first N stages of zoo models (default 3)")
+        parser.add_argument("--head-convs", type=int, default=keep,
+                            help="3x3 conv layers per head, N_c (default 2)")
+        parser.add_argument("--head-fcs", type=int, default=keep,
+                            help="fully connected layers per head, N_f (default 2)")
+        parser.add_argument("--head-width", type=int, default=keep,
+                            help="conv kernels and hidden units per head (default 256)")
+        parser.add_argument("--prefit-epochs", type=int, default=keep,
+                            help="epochs of teacher-head fitting in prefit mode (default 5)")
+        parser.add_argument("--prefit-lr", type=float, default=keep,
+                            help="learning rate of teacher-head fitting (default 0.05)")
+
+    def train(self, mode: bool = True) -> MHKD:
+        super().train(mode)
+        if self.head_mode == "prefit":
+            self.teacher_heads.eval()
+        return self
+
+    def teacher_head_logits(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """The teacher heads' logits on tapped teacher features (a graph only in joint mode)."""
+        inputs = [_head_input(features[name]) for name in self.teacher_layers]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.head_mode == "joint"):
+            return [head(x) for head, x in zip(self.teacher_heads, inputs, strict=True)]
+
+    def forward(
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> dict[str, Tensor]:
+        if teacher is None:
+            raise ValueError(f"method {self.name!r} needs a teacher")
+        device = batch.images.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        self._probe = (batch, autocast)
+        teacher_logits = self.teacher_head_logits(teacher.features)
+        student_logits = [
+            head(student.features[name])
+            for head, name in zip(self.student_heads, self.student_layers, strict=True)
+        ]
+        terms = {
+            self.name: losses.multi_head_kd(
+                student_logits, teacher_logits, batch.labels,
+                self.temperature, self.alpha, self.beta,
+            )
+        }
+        if self.head_mode == "joint":
+            terms[f"{self.name}_teacher_ce"] = losses.heads_ce(teacher_logits, batch.labels)
+        return terms
+
+    def prepare(self, teacher: nn.Module | None, loader: Iterable[Batch]) -> None:
+        """In prefit mode, fit the teacher heads by CE on the frozen teacher, then fix them."""
+        if self.head_mode != "prefit" or teacher is None or self.prefit_epochs < 1:
+            return
+        params = list(self.teacher_heads.parameters())
+        optimizer = torch.optim.SGD(params, lr=self.prefit_lr, momentum=0.9, weight_decay=5e-4)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.prefit_epochs)
+        self.teacher_heads.requires_grad_(True).train()
+        teacher.eval()
+        with Taps(teacher, self.teacher_layers) as taps:
+            for _ in range(self.prefit_epochs):
+                correct = torch.zeros(len(self.heads))
+                seen = 0
+                for batch in loader:
+                    with torch.no_grad():
+                        teacher(batch.images)
+                    features = taps.pop()
+                    logits = [
+                        head(_head_input(features[name]))
+                        for head, name in zip(self.teacher_heads, self.teacher_layers, strict=True)
+                    ]
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.heads_ce(logits, batch.labels).backward()
+                    optimizer.step()
+                    correct += torch.stack(
+                        [(z.argmax(1) == batch.labels).sum().cpu() for z in logits]
+                    )
+                    seen += len(batch.labels)
+                schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.teacher_heads.requires_grad_(False).eval()
+        self.prefit_acc = [round(100.0 * c / max(1, seen), 2) for c in correct.tolist()]
+
+    def summary(self) -> dict[str, Any]:
+        student_params = sum(p.numel() for p in self.student_heads.parameters())
+        teacher_params = sum(p.numel() for p in self.teacher_heads.parameters())
+        extra: dict[str, Any] = {
+            "heads": list(self.heads),
+            "head_params": student_params + teacher_params,
+            "student_head_params": student_params,
+            "teacher_head_params": teacher_params,
+        }
+        if self.prefit_acc:
+            extra["teacher_head_prefit_train_acc"] = self.prefit_acc
+        if self._probe is not None:
+            extra["head_step_overhead"] = round(self.step_overhead(*self._probe), 3)
+        return extra
+
+    def step_overhead(
+        self, batch: Batch, autocast: torch.dtype | None = None, repeats: int = 3
+    ) -> float:
+        """Time of a forward+backward step with the heads over one with Hinton KD alone.
+
+        Measured on ``batch`` (under ``autocast`` to that dtype when given, as in training),
+        median of ``repeats`` alternating runs after a warm-up; BatchNorm statistics are
+        restored afterwards and no ``.grad`` is touched, so training is unaffected.
+        """
+        student, teacher = self._models
+        device = batch.images.device.type
+        modules = [student, self]
+        saved = [b.detach().clone() for m in modules for b in m.buffers()]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+
+        def step(with_heads: bool) -> float:
+            started = time.perf_counter()
+            precision = torch.autocast(device, autocast) if autocast else nullcontext()
+            with precision:
+                loss = loss_of_step(with_heads)
+            torch.autograd.grad(loss, params, allow_unused=True)
+            return time.perf_counter() - started
+
+        def loss_of_step(with_heads: bool) -> Tensor:
+            with torch.no_grad():
+                teacher_out = ModelOutput(teacher(batch.images), teacher_taps.pop())
+            student_out = ModelOutput(student(batch.images), student_taps.pop())
+            loss = F.cross_entropy(student_out.logits.float(), batch.labels) + losses.kd(
+                student_out.logits, teacher_out.logits, self.temperature
+            )
+            if with_heads:
+                loss = loss + sum(self(student_out, teacher_out, batch).values())
+            return loss
+
+        with Taps(student, self.student_layers) as student_taps, Taps(
+            teacher, self.teacher_layers
+        ) as teacher_taps:
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for i in range(repeats + 1):
+                for with_heads in (False, True):
+                    elapsed = step(with_heads)
+                    if i:
+                        times[with_heads].append(elapsed)
+        with torch.no_grad():
+            for b, value in zip((b for m in modules for b in m.buffers()), saved, strict=True):
+                b.copy_(value)
+        return statistics.median(times[True]) / statistics.median(times[False])
+
+
+@register
+class OHKD(MHKD):
+    """One-head KD: a single auxiliary head pair (head 1 unless ``heads`` says otherwise)."""
+
+    name = "ohkd"
+    weights = {"ohkd": 1.0, "ohkd_teacher_ce": 1.0}
+    default_heads = (1,)
+
+    def _check_heads(self, available: int) -> None:
+        if len(self.heads) != 1:
+            raise ValueError(f"ohkd uses exactly one head, got {','.join(map(str, self.heads))}")
+        super()._check_heads(available)

@@ -1,0 +1,327 @@
+"""MHKD: the auxiliary head, the loss terms against hand computations, gradient routing,
+heterogeneous pairs, the teacher-head modes, the CLI flags and a short run on digits."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+from conftest import TinyNet
+from torch import Tensor, nn
+
+from mhkd import losses, models
+from mhkd.data.batch import Batch
+from mhkd.heads import AuxHead
+from mhkd.methods import MethodContext, MethodSet, ModelOutput
+from mhkd.methods.mhkd import MHKD, OHKD
+from mhkd.taps import Taps
+
+SMALL = {"head_width": 16}  # heads of the paper's shape, narrower, so tests stay fast
+
+
+class OtherNet(nn.Module):
+    """A student of another shape: halves the resolution first, other channel counts."""
+
+    stage_names = ("a", "b", "c", "d")
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 5, 3, 2, 1), nn.BatchNorm2d(5), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(5, 7, 3, 1, 1), nn.BatchNorm2d(7), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(7, 9, 3, 2, 1), nn.BatchNorm2d(9), nn.ReLU())
+        self.d = nn.Sequential(nn.Conv2d(9, 11, 3, 2, 1), nn.ReLU())
+        self.fc = nn.Linear(11, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.d(self.c(self.b(self.a(x)))).mean(dim=(2, 3)))
+
+
+def build(method: str = "mhkd", teacher=None, student=None, input_shape=(3, 16, 16), **options):
+    torch.manual_seed(0)
+    teacher = teacher or TinyNet(width=8)
+    student = student or OtherNet()
+    ctx = MethodContext(student=student, teacher=teacher, num_classes=4, input_shape=input_shape)
+    methods = MethodSet(method, ctx, {method: {**SMALL, **options}})
+    return methods, teacher, student
+
+
+def outputs(methods: MethodSet, teacher: nn.Module, student: nn.Module, batch: Batch,
+            teacher_grad: bool = False) -> tuple[ModelOutput, ModelOutput]:
+    """Run both nets with taps; ``teacher_grad`` keeps the teacher's graph (a stricter check)."""
+    with Taps(teacher, methods.teacher_layers) as t_taps, Taps(
+        student, methods.student_layers
+    ) as s_taps:
+        with torch.set_grad_enabled(teacher_grad):
+            t_out = ModelOutput(teacher(batch.images), t_taps.pop())
+        s_out = ModelOutput(student(batch.images), s_taps.pop())
+    return s_out, t_out
+
+
+def make_batch(n: int = 6, size: int = 16, seed: int = 1) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g)
+    return Batch(images, torch.arange(n) % 4, torch.arange(n))
+
+
+# ---- the head ------------------------------------------------------------------------------
+def test_head_has_the_papers_architecture():
+    head = AuxHead(in_channels=12, num_classes=100)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in head.modules() if isinstance(m, nn.BatchNorm2d)]
+    relus = [m for m in head.modules() if isinstance(m, nn.ReLU)]
+    fcs = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(12, 256), (256, 256)]
+    assert all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1)
+               for c in convs)
+    assert [n.num_features for n in norms] == [256, 256]
+    assert len(relus) == 3  # after each conv, and between the two FC layers
+    assert [(f.in_features, f.out_features) for f in fcs] == [(256, 256), (256, 100)]
+    assert head(torch.randn(3, 12, 7, 5)).shape == (3, 100)
+
+
+def test_head_options_change_depth_and_width():
+    head = AuxHead(6, 10, convs=3, fcs=1, width=16)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    assert [c.out_channels for c in convs] == [16, 16, 16]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(16, 10)]
+    bare = AuxHead(6, 10, convs=0, fcs=1)
+    assert [(f.in_features, f.out_features) for f in bare.modules() if isinstance(f, nn.Linear)
+            ] == [(6, 10)]
+    x = torch.randn(2, 6, 4, 4)  # no convs: the head is a linear map of the pooled features
+    assert torch.allclose(bare(x), bare.fcs(x.mean(dim=(2, 3))))
+    with pytest.raises(ValueError, match="fcs >= 1"):
+        AuxHead(6, 10, fcs=0)
+
+
+# ---- the losses, against hand computations ---------------------------------------------------
+S = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+T = [[2.0, 0.0, 1.0], [0.5, 0.5, -2.0]]
+S2 = [[0.3, -0.2, 0.1], [2.0, 1.0, 0.0]]
+T2 = [[-1.0, 1.0, 0.0], [0.0, 3.0, 1.0]]
+Y = [1, 2]
+
+
+def hand_softmax(row: list[float], tau: float = 1.0) -> list[float]:
+    exps = [math.exp(v / tau) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def hand_ohkd(s, t, y, tau, alpha) -> float:
+    kl = ce = 0.0
+    for s_row, t_row, label in zip(s, t, y, strict=True):
+        p, q = hand_softmax(t_row, tau), hand_softmax(s_row, tau)
+        kl += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
+        ce += -math.log(hand_softmax(s_row)[label])
+    n = len(y)
+    return alpha * kl / n * tau**2 + (1 - alpha) * ce / n
+
+
+def test_one_head_loss_matches_a_hand_computation():
+    got = losses.ohkd(torch.tensor(S), torch.tensor(T), torch.tensor(Y), temperature=2.0,
+                      alpha=0.3)
+    assert got.item() == pytest.approx(hand_ohkd(S, T, Y, 2.0, 0.3), rel=1e-5)
+
+
+def test_multi_head_loss_is_beta_times_the_sum_of_one_head_losses():
+    got = losses.multi_head_kd(
+        [torch.tensor(S), torch.tensor(S2)], [torch.tensor(T), torch.tensor(T2)],
+        torch.tensor(Y), temperature=4.0, alpha=0.9, beta=5.0,
+    )
+    want = 5.0 * (hand_ohkd(S, T, Y, 4.0, 0.9) + hand_ohkd(S2, T2, Y, 4.0, 0.9))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="same positive number"):
+        losses.multi_head_kd([torch.tensor(S)], [], torch.tensor(Y))
+
+
+def test_teacher_head_loss_is_the_sum_of_cross_entropies():
+    got = losses.heads_ce([torch.tensor(T), torch.tensor(T2)], torch.tensor(Y))
+    want = sum(-math.log(hand_softmax(row)[label]) / 2
+               for rows in (T, T2) for row, label in zip(rows, Y, strict=True))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_one_head_loss_sends_no_gradient_into_the_teacher_head():
+    s, t = torch.tensor(S, requires_grad=True), torch.tensor(T, requires_grad=True)
+    losses.ohkd(s, t, torch.tensor(Y)).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+
+
+# ---- the method -----------------------------------------------------------------------------
+def test_defaults_pair_the_first_three_stages_and_total_matches_the_paper():
+    methods, teacher, student = build()
+    method = methods.methods["mhkd"]
+    assert methods.names == ["kd", "mhkd"]
+    assert method.teacher_layers == ["stage1", "stage2", "stage3"]
+    assert method.student_layers == ["a", "b", "c"]  # a fourth stage gets no head
+    assert (method.temperature, method.alpha, method.beta) == (4.0, 0.9, 0.5)
+    assert methods.weights == {"ce": 0.1, "kd": 0.9, "mhkd": 1.0, "mhkd_teacher_ce": 1.0}
+
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    terms = methods(s_out, t_out, batch)
+    # The paper: β·Σ_j OHKD_j + α·KL·τ² + (1 − α)·CE on the final logits, α = 0.9.
+    s_heads = [method.student_heads[j](s_out.features[n])
+               for j, n in enumerate(method.student_layers)]
+    t_heads = [method.teacher_heads[j](t_out.features[n])
+               for j, n in enumerate(method.teacher_layers)]
+    labels = batch.labels.tolist()
+    paper = 0.5 * sum(hand_ohkd(s.tolist(), t.tolist(), labels, 4.0, 0.9)
+                      for s, t in zip(s_heads, t_heads, strict=True))
+    paper += hand_ohkd(s_out.logits.tolist(), t_out.logits.tolist(), labels, 4.0, 0.9)
+    terms["ce"] = torch.nn.functional.cross_entropy(s_out.logits, batch.labels)
+    student_total = sum(methods.weights[k] * v for k, v in terms.items() if k != "mhkd_teacher_ce")
+    assert student_total.item() == pytest.approx(paper, rel=1e-4)
+
+
+def test_gradients_reach_the_student_and_its_heads_never_the_teacher():
+    methods, teacher, student = build()
+    method = methods.methods["mhkd"]
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch, teacher_grad=True)
+    # The teacher's features keep their graph; its logits are kd's business, not MHKD's.
+    t_out = ModelOutput(t_out.logits.detach(), t_out.features)
+    assert all(f.requires_grad for f in t_out.features.values())
+    terms = methods(s_out, t_out, batch)
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    for heads in (method.student_heads, method.teacher_heads):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
+
+
+def test_teacher_heads_learn_only_from_their_own_cross_entropy():
+    methods, teacher, student = build()
+    method = methods.methods["mhkd"]
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    terms = methods(s_out, t_out, batch)
+    t_params = list(method.teacher_heads.parameters())
+    only_ce = torch.autograd.grad(terms["mhkd_teacher_ce"], t_params, retain_graph=True)
+    everything = torch.autograd.grad(
+        terms["mhkd_teacher_ce"] + 100 * terms["mhkd"] + terms["kd"], t_params, retain_graph=True
+    )
+    assert all(torch.equal(a, b) for a, b in zip(only_ce, everything, strict=True))
+    # ... and the teacher heads' CE touches nothing of the student.
+    s_params = [*student.parameters(), *method.student_heads.parameters()]
+    assert all(g is None for g in torch.autograd.grad(
+        terms["mhkd_teacher_ce"], s_params, allow_unused=True))
+
+
+@pytest.mark.parametrize("pair", [("vgg13", "mobilenetv2"), ("resnet32x4", "shufflenetv2")])
+def test_heterogeneous_zoo_pairs_train(pair):
+    torch.manual_seed(0)
+    teacher, student = (models.create(name, num_classes=4) for name in pair)
+    methods, _, _ = build(teacher=teacher.eval(), student=student, input_shape=(3, 32, 32))
+    method = methods.methods["mhkd"]
+    t_ch = [h.convs[0].in_channels for h in method.teacher_heads]
+    s_ch = [h.convs[0].in_channels for h in method.student_heads]
+    assert t_ch != s_ch  # the heads sized themselves from each network's own stages
+    batch = make_batch(n=2, size=32)
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    sizes = {tuple(f.shape[2:]) for f in (*s_out.features.values(), *t_out.features.values())}
+    assert len(sizes) > 3  # spatial sizes differ between the paired stages
+    terms = methods(s_out, t_out, batch)
+    sum(terms.values()).backward()
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert all(p.grad is not None for p in method.student_heads.parameters())
+
+
+def test_user_layers_heads_selection_and_bad_input():
+    teacher = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, 2, 1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    with pytest.raises(ValueError, match="no stage_names"):
+        build(teacher=teacher)
+    ctx = MethodContext(student=OtherNet(), teacher=teacher, num_classes=4, input_shape=(3, 8, 8),
+                        teacher_layers=["1", "2"], student_layers=["b", "c"])
+    method = MHKD(ctx, heads="2", **SMALL)
+    assert (method.teacher_layers, method.student_layers) == (["2"], ["c"])
+    ctx.student_layers = ["a", "b", "c"]
+    with pytest.raises(ValueError, match="2 teacher layers .* 3 student layers"):
+        MHKD(ctx)
+    ctx.teacher_layers, ctx.student_layers = ["5"], ["d"]
+    with pytest.raises(ValueError, match="need feature maps"):
+        MHKD(ctx)
+    ctx.teacher_layers = None
+    with pytest.raises(ValueError, match="distinct numbers from 1 to 3"):
+        MHKD(MethodContext(student=OtherNet(), teacher=TinyNet(), num_classes=4), heads=(1, 4))
+    with pytest.raises(ValueError, match="comma-separated"):
+        MHKD(MethodContext(student=OtherNet(), teacher=TinyNet(), num_classes=4), heads="1;2")
+    with pytest.raises(ValueError, match="exactly one head"):
+        build("ohkd", heads="2,3")
+    with pytest.raises(ValueError, match="head mode"):
+        build(head_mode="sometimes")
+
+
+def test_ohkd_uses_one_head_and_its_own_terms():
+    methods, teacher, student = build("ohkd", heads=3)
+    method = methods.methods["ohkd"]
+    assert (method.teacher_layers, method.student_layers) == (["stage3"], ["c"])
+    assert len(method.student_heads) == len(method.teacher_heads) == 1
+    batch = make_batch()
+    terms = methods(*outputs(methods, teacher, student, batch), batch)
+    assert set(terms) == {"kd", "ohkd", "ohkd_teacher_ce"}
+    assert build("ohkd")[0].methods["ohkd"].heads == (1,)
+
+
+def test_the_student_carries_no_head_parameters():
+    student = OtherNet()
+    keys = set(student.state_dict())
+    methods, teacher, _ = build(student=student)
+    batch = make_batch()
+    methods(*outputs(methods, teacher, student, batch), batch)
+    assert set(student.state_dict()) == keys
+    assert all(k.startswith(("student_heads.", "teacher_heads."))
+               for k in methods.methods["mhkd"].state_dict())
+
+
+def test_prefit_fits_the_teacher_heads_then_fixes_them():
+    methods, teacher, student = build(head_mode="prefit", prefit_epochs=3, prefit_lr=0.1)
+    method = methods.methods["mhkd"]
+    assert not any(p.requires_grad for p in method.teacher_heads.parameters())
+    before = {k: v.clone() for k, v in method.teacher_heads.state_dict().items()}
+    loader = [make_batch(seed=s) for s in range(4)]
+    method.prepare(teacher.eval(), loader)
+    after = method.teacher_heads.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert len(method.summary()["teacher_head_prefit_train_acc"]) == 3
+
+    methods.train()
+    assert not method.teacher_heads.training and method.student_heads.training
+    fixed = {k: v.clone() for k, v in after.items()}
+    batch = make_batch(seed=9)
+    terms = methods(*outputs(methods, teacher, student, batch), batch)
+    assert set(terms) == {"kd", "mhkd"}  # no teacher-head CE once they are fixed
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in method.teacher_heads.parameters())
+    assert all(torch.equal(fixed[k], v) for k, v in method.teacher_heads.state_dict().items())
+    assert method.teacher_inputs == "logits+heads"
+
+
+def test_summary_counts_heads_and_measures_overhead_without_side_effects():
+    methods, teacher, student = build()
+    method = methods.methods["mhkd"]
+    assert "head_step_overhead" not in method.summary()  # nothing to measure before a step
+    batch = make_batch()
+    methods(*outputs(methods, teacher, student, batch), batch)
+    stats = {k: v.clone() for k, v in student.state_dict().items()}
+    summary = method.summary()
+    assert summary["head_params"] == sum(p.numel() for p in method.parameters())
+    assert summary["head_params"] == summary["student_head_params"] + summary[
+        "teacher_head_params"]
+    assert summary["head_step_overhead"] > 1.0
+    assert all(torch.equal(stats[k], v) for k, v in student.state_dict().items())
+    assert all(p.grad is None for p in student.parameters())
+
+
+def test_cli_flags_reach_the_constructor_keywords():
+    parser = argparse.ArgumentParser(conflict_handler="resolve")
+    MHKD.add_arguments(parser)
+    OHKD.add_arguments(parser)
+    args = parser.parse_args(["--heads", "2,3", "--head-mode", "prefit", "--beta", "5"])
+    assert (args.heads, args.head_mode, args.beta) == ((2, 3), "prefit", 5.0)
+    assert not hasattr(args, "alpha")  # absent flags leave the constructor defaults
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--heads", "two"])
