@@ -1,29 +1,6 @@
 """Loss math as pure functions of tensors, one module per family, re-exported here."""
 
-from mhkd.losses.crd import ContrastMemory, CRDEmbed, crd, nce_loss
-from mhkd.losses.dkd import dkd, dkd_parts
-from mhkd.losses.features import at, attention_map, fitnet, sp
 from mhkd.losses.logits import kd
 from mhkd.losses.mhkd import heads_ce, multi_head_kd, ohkd
-from mhkd.losses.relations import cc, correlation_matrix, pkt, rkd
 
-__all__ = [
-    "CRDEmbed",
-    "ContrastMemory",
-    "at",
-    "attention_map",
-    "cc",
-    "correlation_matrix",
-    "crd",
-    "dkd",
-    "dkd_parts",
-    "fitnet",
-    "heads_ce",
-    "kd",
-    "multi_head_kd",
-    "nce_loss",
-    "ohkd",
-    "pkt",
-    "rkd",
-    "sp",
-]
+__all__ = ["heads_ce", "kd", "multi_head_kd", "ohkd"]
