@@ -18,13 +18,12 @@ class TinyNet(nn.Module):
     embedding_name = "flatten"
     classifier_name = "fc"
 
-    def __init__(self, num_classes: int = 4, width: int = 8):
+    def __init__(self, num_classes: int = 4, width: int = 8, batchnorm: bool = True):
         super().__init__()
 
         def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
-            )
+            norm = nn.BatchNorm2d(c_out) if batchnorm else nn.Identity()
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), norm, nn.ReLU())
 
         self.stage1 = block(3, width, 1)
         self.stage2 = block(width, 2 * width, 2)

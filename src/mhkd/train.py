@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import random
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mhkd import checkpoint, hardware
+from mhkd import checkpoint, distributed, hardware
 from mhkd.data import DataSplits, DeviceLoader, make_loaders
 from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput
@@ -148,10 +149,18 @@ class Trainer:
         loggers: Sequence[Callable[[dict[str, Any]], None]] = (),
     ):
         self.config = config
+        self.out = Path(out) if out is not None else None
         self.loggers = list(loggers)
         self.data = data
-        self.out = Path(out) if out is not None else None
-        self.device = torch.device(config.device) if config.device else hardware.default_device()
+        device = torch.device(config.device) if config.device else None
+        self.device = distributed.setup(device) or hardware.default_device()
+        self.rank, self.world_size = distributed.world()
+        self.writes = self.out is not None and self.rank == 0  # one process writes the run
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"batch size {config.batch_size} does not split evenly over "
+                f"{self.world_size} processes"
+            )
         self.precision = hardware.resolve_precision(config.precision, self.device)
         self.channels_last = hardware.resolve_channels_last(
             config.channels_last, self.device, self.precision
@@ -176,6 +185,9 @@ class Trainer:
             input_shape=tuple(data.train.images.shape[1:]),
             teacher_layers=teacher_layers,
             student_layers=student_layers,
+            out=self.out,
+            data=data,
+            config=config,
         )
         self.methods = MethodSet(config.method, ctx, method_options).to(self.device)
         if self.methods.needs_teacher and teacher is None:
@@ -188,11 +200,22 @@ class Trainer:
                 f"terms are {', '.join(self.methods.weights)}"
             )
         self.step_module = DistillStep(self.student, self.methods, teacher)
+        self.forward_step: nn.Module = self.step_module
+        if self.world_size > 1:
+            # Buffers stay per rank: broadcasting CRD's memory banks every step would be costly,
+            # and methods that keep data-set-wide state synchronise it themselves.
+            self.forward_step = nn.parallel.DistributedDataParallel(
+                self.step_module,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
         self.train_loader, self.test_loader = make_loaders(
             data,
-            config.batch_size,
+            config.batch_size // self.world_size,
             device=self.device,
             seed=config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
             channels_last=self.channels_last,
             eval_batch_size=config.eval_batch_size,
         )
@@ -275,7 +298,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(_as_tuple(state["rng"]["python"]))
         metrics = self._path("metrics.jsonl")
-        if metrics.is_file():  # drop epochs logged after the checkpoint was written
+        if self.writes and metrics.is_file():  # drop epochs logged after the checkpoint was written
             kept = [
                 line
                 for line in metrics.read_text().splitlines()
@@ -287,7 +310,7 @@ class Trainer:
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train up to ``until_epoch`` (default: all epochs); returns the summary."""
         last = min(until_epoch or self.config.epochs, self.config.epochs)
-        if self.out is not None:
+        if self.writes:
             self.out.mkdir(parents=True, exist_ok=True)
             self._path("config.yaml").write_text(
                 yaml.safe_dump(self._resolved_config(), sort_keys=False)
@@ -304,7 +327,7 @@ class Trainer:
             self.best_test_acc = max(self.best_test_acc, record["test_acc"])
             self.last_test_acc = record["test_acc"]
             self._log(record)
-            if self.out is not None:
+            if self.writes:
                 state = self._state()
                 checkpoint.save(state, self._path("checkpoints", "last.pt"))
                 if improved:
@@ -312,7 +335,7 @@ class Trainer:
                         _deployable(state, record["test_acc"]), self._path("checkpoints", "best.pt")
                     )
         summary = self.summary()
-        if self.out is not None and self.epoch == self.config.epochs:
+        if self.writes and self.epoch == self.config.epochs:
             self._path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -330,7 +353,7 @@ class Trainer:
             self.train_loader,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             leave=False,
-            disable=config.quiet or not sys.stderr.isatty(),
+            disable=config.quiet or self.rank != 0 or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
         for step, batch in enumerate(bar):
@@ -351,20 +374,34 @@ class Trainer:
         _check_finite(sums, epoch)
         self.scheduler.step()
         elapsed = time.perf_counter() - started
-        steps = max(1, len(self.train_loader))
+        names = list(sums)
+        totals = distributed.all_reduce_sum(
+            torch.stack(
+                [
+                    *(sums[n] for n in names),
+                    correct.float(),
+                    torch.tensor(float(seen), device=self.device),
+                ]
+            )
+        ).tolist()
+        steps = max(1, len(self.train_loader)) * self.world_size
+        seen_all = totals[-1]
         return {
             "epoch": epoch,
             "lr": lr,
-            **{f"loss_{name}": value.item() / steps for name, value in sums.items()},
-            "train_acc": 100.0 * correct.item() / max(1, seen),
-            "images_per_s": seen / elapsed,
+            **{
+                f"loss_{name}": total / steps
+                for name, total in zip(names, totals[:-2], strict=True)
+            },
+            "train_acc": 100.0 * totals[-2] / max(1.0, seen_all),
+            "images_per_s": seen_all / elapsed,
             **scheduled,
         }
 
     def train_step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Forward, weighted loss, backward and optimizer step on one batch."""
         with hardware.autocast(self.device, self.precision):
-            logits, terms = self.step_module(batch)
+            logits, terms = self.forward_step(batch)
         loss = weighted_sum(terms, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -377,7 +414,7 @@ class Trainer:
         return evaluate(self.student, loader, self.device, self.precision)
 
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.config.quiet:
+        if not self.config.quiet and self.rank == 0:
             terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in record.items() if k.startswith("loss_"))
             print(
                 f"epoch {record['epoch'] + 1}/{self.config.epochs} lr={record['lr']:.4g} "
@@ -385,7 +422,7 @@ class Trainer:
                 f"({record['images_per_s']:.0f} img/s)",
                 file=sys.stderr,
             )
-        if self.out is not None:
+        if self.writes:
             with self._path("metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
         for logger in self.loggers:
@@ -407,6 +444,8 @@ class Trainer:
             "seconds": round(self.seconds, 2),
             "precision": self.precision,
             "channels_last": self.channels_last,
+            "world_size": self.world_size,
+            **peak_memory(self.device),
             **self.extra_config,
             **self.methods.summary(),
         }
@@ -426,7 +465,20 @@ def evaluate(
             correct += (model(batch.images).argmax(1) == batch.labels).sum()
             total += len(batch.labels)
     model.train(was_training)
-    return 100.0 * correct.item() / max(1, total)
+    correct, total = distributed.all_reduce_sum(
+        torch.stack([correct.float(), torch.tensor(float(total), device=device)])
+    ).tolist()
+    return 100.0 * correct / max(1.0, total)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak resident host memory of this process (and GPU memory on CUDA), in MiB."""
+    peak = {
+        "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    }
+    if device.type == "cuda":
+        peak["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 def _deployable(state: dict[str, Any], test_acc: float) -> dict[str, Any]:
