@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(recipe, defaults=False)
     _add_method_options(recipe)
     recipe.set_defaults(run=_run_recipe)
+
+    from mhkd.prune.cli import add_prune_command
+
+    add_prune_command(commands)
     return parser
 
 
