@@ -18,6 +18,8 @@ from typing import Any
 from torch import nn
 
 from mhkd import checkpoint, data, models
+from mhkd.models.complexity import profile
+from mhkd.tensorboard import TensorBoardLogger
 from mhkd.train import TrainConfig, Trainer, set_seed
 
 
@@ -51,13 +53,19 @@ def trainer(
     student_layers: Sequence[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     extra_config: dict[str, Any] | None = None,
+    tensorboard: bool = False,
     **config: Any,
 ) -> Trainer:
-    """Build a :class:`~mhkd.train.Trainer` (resumed from ``out`` when ``resume``)."""
+    """Build a :class:`~mhkd.train.Trainer` (resumed from ``out`` when ``resume``).
+
+    ``tensorboard`` logs every epoch to ``out/tensorboard/`` as well.
+    """
     splits = load_data(data, data_dir)
     set_seed(config.get("seed", 0))  # zoo models are initialised from the run's seed
     student_model = load_model(student, splits.num_classes)
     teacher_model = load_model(teacher, splits.num_classes) if teacher is not None else None
+    if tensorboard and out is None:
+        raise ValueError("tensorboard logging needs the run directory (out)")
     run = Trainer(
         student_model,
         splits,
@@ -71,8 +79,10 @@ def trainer(
             "teacher": _describe(teacher_model),
             "teacher_checkpoint": str(teacher) if isinstance(teacher, (str, Path)) else None,
             "student": _describe(student_model),
+            **_teacher_size(teacher_model, splits),
             **(extra_config or {}),
         },
+        loggers=[TensorBoardLogger(Path(out) / "tensorboard")] if tensorboard else [],
     )
     if resume:
         if out is None:
@@ -95,6 +105,14 @@ def distill(
 ) -> dict[str, Any]:
     """Distill ``teacher`` into ``student`` with ``method`` (e.g. ``"kd"``, ``"crd+mhkd"``)."""
     return trainer(student, data, teacher=teacher, method=method, **kwargs).fit()
+
+
+def _teacher_size(teacher: nn.Module | None, splits: data.DataSplits) -> dict[str, Any]:
+    """The teacher's params and MACs, so a report can state compression without its run."""
+    if teacher is None:
+        return {}
+    sizes = profile(teacher, tuple(splits.train.images.shape[1:]))
+    return {"teacher_params": sizes["params"], "teacher_macs": sizes["macs"]}
 
 
 def _describe(model: nn.Module | None) -> str | None:

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(recipe)
     recipe.set_defaults(run=_run_recipe)
 
+    from mhkd.export import add_export_command
+    from mhkd.report import add_report_command
+
+    add_report_command(commands)
+    add_export_command(commands)
+
     from mhkd.prune.cli import add_prune_command
 
     add_prune_command(commands)
@@ -153,6 +159,9 @@ def _add_training_options(parser: argparse.ArgumentParser, defaults: bool = True
     )
     group.add_argument("--channels-last", choices=("auto", "on", "off"), default=default("auto"))
     group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    group.add_argument(
+        "--tensorboard", action="store_true", help="also log every epoch to OUT/tensorboard/"
+    )
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -225,6 +234,7 @@ def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "channels_last",
         "device",
         "quiet",
+        "tensorboard",
     ]
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 

@@ -95,6 +95,7 @@ def run_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         options=options,
         weights={**(recipe.get("weights") or {}), **_parse_weights(args.weight)},
         extra_config={"recipe": str(args.file), "paper": recipe.get("paper")},
+        tensorboard=getattr(args, "tensorboard", False),
         **config,
     ).fit()
     return summary, out

@@ -1,0 +1,136 @@
+"""`mhkd report` on tiny real runs: grouping, mean ± std by hand, incomplete runs, valid PNGs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from tiny_runs import FAST, one_thread  # noqa: F401  (autouse fixture)
+
+from mhkd import api, data
+from mhkd.cli import main
+from mhkd.report import find_runs, read_run, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A teacher, two seeds of a KD student, a killed third seed, and one run on other data."""
+    root = tmp_path_factory.mktemp("runs")
+    splits = data.load("synthetic", num_train=128, num_test=64, num_classes=4, image_size=16)
+    other = dataclasses.replace(splits, name="synthetic-b")
+    api.train("resnet14", splits, out=root / "teacher", epochs=1, **FAST)
+    teacher = root / "teacher" / "checkpoints" / "best.pt"
+    for seed in (0, 1):
+        api.distill(teacher, "resnet8", splits, out=root / f"kd-s{seed}", epochs=2, seed=seed,
+                    **FAST)  # fmt: skip
+    killed = api.trainer("resnet8", splits, teacher=teacher, method="kd", out=root / "kd-s2",
+                         epochs=2, seed=2, **FAST)  # fmt: skip
+    killed.fit(until_epoch=1)  # stops like a killed run: metrics and checkpoints, no summary
+    api.distill(teacher, "resnet8", other, out=root / "other" / "kd", epochs=1, **FAST)
+    return root
+
+
+def summaries(*dirs: Path) -> list[dict]:
+    return [json.loads((d / "summary.json").read_text()) for d in dirs]
+
+
+def row_of(markdown: str, *cells: str) -> list[str]:
+    """The table row whose leading cells are ``cells``."""
+    for line in markdown.splitlines():
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if parts[: len(cells)] == list(cells):
+            return parts
+    raise AssertionError(f"no row starting with {cells} in\n{markdown}")
+
+
+def test_tables_pool_seeds_and_keep_data_sets_apart(runs: Path, tmp_path: Path):
+    result = write_report([runs], tmp_path / "report")
+    md = result["markdown"].read_text()
+    kd = summaries(runs / "kd-s0", runs / "kd-s1")
+    (teacher,) = summaries(runs / "teacher")
+
+    row = row_of(md, "synthetic", "resnet14", "resnet8", "kd")
+    last = [s["test_acc"] for s in kd]
+    best = [s["best_test_acc"] for s in kd]
+    assert row[4] == "2 (0, 1)"  # the killed seed 2 is not pooled
+    assert row[5] == f"{statistics.mean(last):.2f} ± {statistics.stdev(last):.2f}"
+    assert row[6] == f"{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f}"
+    assert row[7] == f"{kd[0]['params'] / 1e6:.3f}" and row[8] == f"{kd[0]['macs'] / 1e6:.1f}"
+    assert row[9] == f"{100 * (1 - kd[0]['params'] / teacher['params']):.1f}"
+    assert kd[0]["teacher_params"] == teacher["params"]  # recorded at distillation time
+
+    row = row_of(md, "synthetic", "-", "resnet14", "ce")
+    assert row[4] == "1 (0)" and row[5] == f"{teacher['test_acc']:.2f}" and row[9] == "-"
+
+    (other,) = summaries(runs / "other" / "kd")
+    row = row_of(md, "synthetic-b", "resnet14", "resnet8", "kd")
+    assert row[4] == "1 (0)" and row[5] == f"{other['test_acc']:.2f}"
+    assert [g.key for g in result["groups"]] == [
+        ("synthetic", "-", "resnet14", "ce"),
+        ("synthetic", "resnet14", "resnet8", "kd"),
+        ("synthetic-b", "resnet14", "resnet8", "kd"),
+    ]
+
+    html = result["html"].read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<table>") == 3
+    assert f"{statistics.mean(last):.2f} ± {statistics.stdev(last):.2f}" in html
+
+
+def test_incomplete_run_is_listed_with_its_last_epoch(runs: Path, tmp_path: Path):
+    result = write_report([runs / "kd-s2", runs / "kd-s0"], tmp_path / "report")
+    assert [r.path.name for r in result["incomplete"]] == ["kd-s2"]
+    md = result["markdown"].read_text()
+    first_epoch = json.loads((runs / "kd-s2" / "metrics.jsonl").read_text().splitlines()[0])
+    row = row_of(md, str(runs / "kd-s2"))
+    assert row[1:] == ["synthetic", "resnet14", "resnet8", "kd", "2", "1/2",
+                       f"{first_epoch['test_acc']:.2f}"]  # fmt: skip
+    # without the teacher's run, compression comes from the size recorded in the summary
+    (kd,) = summaries(runs / "kd-s0")
+    row = row_of(md, "synthetic", "resnet14", "resnet8", "kd")
+    assert row[4] == "1 (0)" and row[9] == f"{100 * (1 - kd['params'] / kd['teacher_params']):.1f}"
+
+
+def test_plots_are_valid_pngs(runs: Path, tmp_path: Path):
+    import matplotlib.image
+
+    result = write_report([runs], tmp_path / "report")
+    names = sorted(p.name for p in result["plots"])
+    assert names == [
+        "accuracy_curves_synthetic-b.png",
+        "accuracy_curves_synthetic.png",
+        "accuracy_vs_macs_synthetic-b.png",
+        "accuracy_vs_macs_synthetic.png",
+    ]
+    for path in result["plots"]:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert image.std() > 0  # something was drawn
+        assert f"]({path.name})" in result["markdown"].read_text()
+
+
+def test_cli_accepts_a_parent_folder(runs: Path, tmp_path: Path, capsys):
+    out = tmp_path / "cli-report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    assert "4 complete run(s) in 3 group(s), 1 incomplete" in capsys.readouterr().out
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert len(find_runs([runs])) == 5
+
+
+def test_cut_metrics_line_is_ignored_and_bad_input_is_one_line(tmp_path: Path, capsys):
+    run = tmp_path / "cut"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 50.0}\n{"epoch": 1, "te')
+    assert [r["epoch"] for r in read_run(run).metrics] == [0]
+
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mhkd: error: not a directory: {tmp_path / 'missing'}"
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no run directories" in capsys.readouterr().err
