@@ -10,11 +10,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from mhkd.data.base import DataSplits
 from mhkd.data.batch import Batch
 from mhkd.taps import infer_shapes
 
@@ -43,6 +45,11 @@ class MethodContext:
     teacher_layers: Sequence[str] | None = None
     student_layers: Sequence[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: The run directory, data splits and TrainConfig (``None`` outside a Trainer), for methods
+    #: that train a model of their own before distillation, such as infoflow's proxy teacher.
+    out: Path | None = None
+    data: DataSplits | None = None
+    config: Any = None
 
     def student_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
         return infer_shapes(self.student, names, self.input_shape)
