@@ -178,6 +178,21 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         metavar="TERM=W",
         help="weight of a loss term, e.g. --weight kd=0.9 (repeatable)",
     )
+    group.add_argument(
+        "--teacher-cache",
+        metavar="DIR",
+        help="serve the teacher's logits from DIR (built there on first use) instead of "
+        "running the teacher: exact per augmentation view; for kd and dkd",
+    )
+    group.add_argument(
+        "--teacher-cache-topk", type=int, metavar="K", help="keep only the top K logits"
+    )
+    group.add_argument(
+        "--teacher-cache-mmap",
+        action="store_true",
+        default=None,
+        help="read the cache from disk instead of holding it in memory",
+    )
     for cls in registered():
         add = getattr(cls, "add_arguments", None)
         if add is not None:
@@ -234,6 +249,9 @@ def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "channels_last",
         "device",
         "quiet",
+        "teacher_cache",
+        "teacher_cache_topk",
+        "teacher_cache_mmap",
         "tensorboard",
     ]
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}

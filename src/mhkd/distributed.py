@@ -41,3 +41,9 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
+    if world()[1] > 1:
+        dist.barrier()

@@ -35,6 +35,7 @@ from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput
 from mhkd.models.complexity import profile
 from mhkd.taps import Taps
+from mhkd.teacher_cache import TeacherCache, build_cache, open_cache
 
 #: The CIFAR recipes decay the learning rate at epochs 150, 180 and 210 of 240.
 PAPER_MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
@@ -69,6 +70,9 @@ class TrainConfig:
     device: str | None = None
     method: str = "ce"
     weights: dict[str, float] = field(default_factory=dict)
+    teacher_cache: str | None = None
+    teacher_cache_topk: int | None = None
+    teacher_cache_mmap: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -99,11 +103,19 @@ class DistillStep(nn.Module):
     teacher is held outside the module tree so it never enters the optimizer or a checkpoint.
     """
 
-    def __init__(self, student: nn.Module, methods: MethodSet, teacher: nn.Module | None):
+    def __init__(
+        self,
+        student: nn.Module,
+        methods: MethodSet,
+        teacher: nn.Module | None,
+        cache: TeacherCache | None = None,
+    ):
         super().__init__()
         self.student = student
         self.methods = methods
-        self._teacher = [teacher] if teacher is not None and methods.needs_teacher else []
+        self.cache = cache
+        needs_forward = teacher is not None and methods.needs_teacher and cache is None
+        self._teacher = [teacher] if needs_forward else []
         self._student_taps = Taps(student, methods.student_layers)
         self._teacher_taps = Taps(teacher, methods.teacher_layers) if self._teacher else None
 
@@ -113,7 +125,9 @@ class DistillStep(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # type: ignore[override]
         teacher_out = None
-        if self.teacher is not None:
+        if self.cache is not None:
+            teacher_out = ModelOutput(self.cache.lookup(batch.indices, batch.views), {})
+        elif self.teacher is not None:
             with torch.no_grad():
                 logits = self.teacher(batch.images)
                 teacher_out = ModelOutput(logits, self._teacher_taps.pop())
@@ -199,7 +213,8 @@ class Trainer:
                 f"--weight names unknown loss term(s) {', '.join(unknown)}; "
                 f"terms are {', '.join(self.methods.weights)}"
             )
-        self.step_module = DistillStep(self.student, self.methods, teacher)
+        self.cache = self._teacher_cache() if config.teacher_cache else None
+        self.step_module = DistillStep(self.student, self.methods, teacher, self.cache)
         self.forward_step: nn.Module = self.step_module
         if self.world_size > 1:
             # Buffers stay per rank: broadcasting CRD's memory banks every step would be costly,
@@ -239,6 +254,30 @@ class Trainer:
         self.best_test_acc = -1.0
         self.last_test_acc: float | None = None
         self.seconds = 0.0
+
+    def _teacher_cache(self) -> TeacherCache:
+        """Open the run's teacher cache, building it first (on rank 0) if it does not exist."""
+        config = self.config
+        if self.teacher is None or self.methods.teacher_inputs != "logits":
+            raise ValueError(
+                f"--teacher-cache serves methods that read only the teacher's logits (kd, dkd); "
+                f"{config.method!r} reads more of the teacher"
+            )
+        root = Path(config.teacher_cache)
+        if self.rank == 0 and not (root / "meta.json").is_file():
+            build_cache(
+                root, self.teacher, self.data, self.device, topk=config.teacher_cache_topk,
+                precision=self.precision, channels_last=self.channels_last,
+                quiet=config.quiet or not sys.stderr.isatty(),
+            )  # fmt: skip
+        distributed.barrier()
+        cache = open_cache(root, self.teacher, self.data, self.device, config.teacher_cache_mmap)
+        if cache.meta["topk"] != config.teacher_cache_topk:
+            raise ValueError(
+                f"teacher cache {root} keeps top-{cache.meta['topk']} logits, "
+                f"not top-{config.teacher_cache_topk}"
+            )
+        return cache
 
     # ---- run directory -------------------------------------------------------------------
     def _path(self, *parts: str) -> Path:
@@ -446,6 +485,14 @@ class Trainer:
             "channels_last": self.channels_last,
             "world_size": self.world_size,
             **peak_memory(self.device),
+            **(
+                {
+                    "teacher_cache_bytes": self.cache.size_bytes(),
+                    "teacher_cache_build_seconds": self.cache.meta["build_seconds"],
+                }
+                if self.cache is not None
+                else {}
+            ),
             **self.extra_config,
             **self.methods.summary(),
         }
