@@ -23,6 +23,7 @@ from mhkd.prune import (
     export,
     find_layout,
     global_masks,
+    hint_loss,
     load_pruned,
     magnitude_scores,
     prune,
@@ -225,6 +226,19 @@ def test_cascade_loss_by_hand_and_targets_are_detached():
     assert torch.allclose(big.grad, expected_big, atol=1e-6)  # nothing flows back from small
 
 
+def test_hints_compare_each_model_with_the_next_larger_one():
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=4, width=4)
+    layout = find_layout(model, (3, 16, 16))
+    layers = ["stage2", "stage3"]
+    cascade = Cascade(model, layout, [0.5, 1.0], _random_scores(layout), hint_layers=layers)
+    cascade(torch.randn(2, 3, 16, 16))
+    small, big = cascade.hint_features()
+    teacher = {name: torch.zeros_like(big[name]) for name in layers}
+    expected = sum(((small[n] - big[n]) ** 2).mean() + (big[n] ** 2).mean() for n in layers)
+    assert torch.allclose(hint_loss([small, big], teacher), expected)
+
+
 def test_teacher_ladder_moves_up_when_the_student_beats_its_teacher():
     ladder = TeacherLadder([nn.Identity(), nn.Identity(), nn.Identity()], [80.0, 85.0, 90.0])
     for acc, expected in [(79.0, 0), (80.0, 0), (81.0, 1), (86.0, 2), (95.0, 2)]:
@@ -353,14 +367,33 @@ def test_baseline_prunes_once_and_fine_tunes(baseline, tiny_data, fast):
     assert summary["params_after"] < summary["params_before"]
 
 
-def test_cli_prunes_a_checkpoint(tmp_path, capsys):
+def test_cli_prunes_a_checkpoint_with_a_recipe_and_overriding_flags(tmp_path, capsys):
     teacher = models.create("resnet8", num_classes=10, width_mult=0.25)
     path = tmp_path / "teacher.pt"
     checkpoint.save({"arch": teacher.zoo_spec, "model": teacher.state_dict()}, path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data: digits\nkeep: 0.9\nassistants: 1\nepochs: 1\nfinetune_epochs: 1\n")
     out = tmp_path / "run"
-    argv = ["prune", "--model", str(path), "--data", "digits", "--keep", "0.5", "--assistants",
-            "1", "--epochs", "1", "--finetune-epochs", "1", "--precision", "fp32", "--quiet",
-            "--out", str(out)]  # fmt: skip
+    argv = ["prune", "--model", str(path), "--recipe", str(recipe), "--keep", "0.5",
+            "--precision", "fp32", "--quiet", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
     assert "params" in capsys.readouterr().out
-    assert json.loads((out / "summary.json").read_text())["data"] == "digits"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == "digits" and summary["keeps"] == [0.5, 1.0]
+
+
+def test_shipped_prune_recipes_are_valid_and_unknown_keys_are_refused(tmp_path):
+    from pathlib import Path
+
+    from mhkd.prune.cli import read_recipe
+    from mhkd.prune.run import PruneConfig
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes" / "prune").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        recipe = read_recipe(path)
+        PruneConfig(**{k: v for k, v in recipe.items() if k not in ("data", "paper", "notes")})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("keep: 0.5\nkeeep: 0.4\n")
+    with pytest.raises(ValueError, match="unknown prune recipe key"):
+        read_recipe(bad)

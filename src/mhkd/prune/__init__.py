@@ -6,7 +6,13 @@
 """
 
 from mhkd.prune.baselines import baseline_scores, taylor_scores
-from mhkd.prune.cascade import Cascade, cascade_keeps, cascade_loss, cascade_score_grads
+from mhkd.prune.cascade import (
+    Cascade,
+    cascade_keeps,
+    cascade_loss,
+    cascade_score_grads,
+    hint_loss,
+)
 from mhkd.prune.export import export, latency_ms, load_pruned, rebuild, resize
 from mhkd.prune.groups import ChannelGroup, ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, global_masks, magnitude_scores, ste_mask
@@ -27,6 +33,7 @@ __all__ = [
     "export",
     "find_layout",
     "global_masks",
+    "hint_loss",
     "latency_ms",
     "load_pruned",
     "magnitude_scores",

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from mhkd.prune.run import PruneConfig
 
-_DEFAULTS = PruneConfig()
+# flag -> (type, help); defaults come from a --recipe file, then from PruneConfig
+_OPTIONS: dict[str, tuple[Any, str]] = {
+    "keep": (float, "fraction of channels kept, in (0, 1]"),
+    "assistants": (int, "teaching assistants (0: the student learns from the original alone)"),
+    "baseline": (str, "magnitude or taylor: prune once, fine-tune with CE (no cascade)"),
+    "epochs": (int, "stage-1 epochs"),
+    "finetune_epochs": (int, "stage-2 epochs (default: as many as --epochs)"),
+    "batch_size": (int, "batch size"),
+    "lr": (float, "initial learning rate (cosine decay)"),
+    "momentum": (float, "SGD momentum (Nesterov)"),
+    "weight_decay": (float, "weight decay"),
+    "score_optimizer": (str, "rmsprop or sgd, for the channel scores"),
+    "score_lr": (float, "learning rate of the channel scores"),
+    "temperature": (float, "KD temperature"),
+    "kd_weight": (float, "weight of the KD term"),
+    "hint_weight": (float, "weight of hint losses on the last 3 shared layers (0: off)"),
+    "seed": (int, "random seed"),
+    "precision": (str, "auto, bf16 or fp32"),
+    "device": (str, "cpu, cuda, cuda:1 ... (default: cuda if present)"),
+}
+_DEFAULTS = dataclasses.asdict(PruneConfig())
 
 
 def add_prune_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,61 +41,52 @@ def add_prune_command(commands: argparse._SubParsersAction) -> argparse.Argument
         help="prune channels under cascaded self-distillation, export a smaller network",
         description="Prune a trained checkpoint to --keep of its channels with a cascade of "
         "teaching assistants sharing its weights (stage 1), fine-tune the exported student "
-        "with KD (stage 2). --baseline magnitude|taylor prunes once and fine-tunes with CE.",
+        "with KD (stage 2). --baseline magnitude|taylor prunes once and fine-tunes with CE. "
+        "Flags override a --recipe file, which overrides the defaults.",
     )
     parser.add_argument("--model", required=True, help="trained checkpoint (.pt) or zoo name")
-    parser.add_argument(
-        "--keep", type=float, default=_DEFAULTS.keep, help="fraction of channels kept, in (0, 1]"
-    )
-    parser.add_argument(
-        "--assistants", type=int, default=_DEFAULTS.assistants, help="teaching assistants (0: none)"
-    )
-    parser.add_argument(
-        "--baseline", choices=("magnitude", "taylor"), help="plain prune + fine-tune"
-    )
-    parser.add_argument("--data", default="cifar100", help="data set (default: cifar100)")
+    parser.add_argument("--recipe", help="YAML file of option values (see recipes/prune/)")
+    parser.add_argument("--data", help="data set (default: the recipe's, else cifar100)")
     parser.add_argument("--data-dir", help="where the data set's files are")
-    parser.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="stage-1 epochs")
-    parser.add_argument(
-        "--finetune-epochs", type=int, help="stage-2 epochs (default: as many as --epochs)"
-    )
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="initial lr, cosine decay")
-    parser.add_argument("--momentum", type=float, default=_DEFAULTS.momentum)
-    parser.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
-    parser.add_argument("--score-optimizer", choices=("rmsprop", "sgd"), default="rmsprop")
-    parser.add_argument("--score-lr", type=float, default=_DEFAULTS.score_lr)
-    parser.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
-    parser.add_argument("--kd-weight", type=float, default=_DEFAULTS.kd_weight)
-    parser.add_argument(
-        "--hint-weight", type=float, default=_DEFAULTS.hint_weight, help="0 = no hints (default)"
-    )
-    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    parser.add_argument("--out", help="run directory (default: runs/prune-<keep>-<data>)")
+    for key, (kind, text) in _OPTIONS.items():
+        default = _DEFAULTS[key]
+        shown = f" (default: {default})" if default is not None else ""
+        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, help=text + shown)
+    parser.add_argument("--out", help="run directory (default: runs/prune-<method>-<keep>-<data>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--quiet", action="store_true", help="no epoch lines")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     parser.set_defaults(run=_run_prune)
     return parser
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = [
-        "keep", "assistants", "baseline", "epochs", "finetune_epochs", "batch_size", "lr",
-        "momentum", "weight_decay", "score_optimizer", "score_lr", "temperature", "kd_weight",
-        "hint_weight", "seed", "quiet", "precision", "device",
-    ]  # fmt: skip
-    return {key: getattr(args, key) for key in keys}
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A prune recipe: ``data`` plus PruneConfig fields; unknown keys are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"recipe not found: {path}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    known = set(_DEFAULTS) | {"data", "paper", "notes"}
+    unknown = sorted(set(recipe) - known) if isinstance(recipe, dict) else ["(not a mapping)"]
+    if unknown:
+        raise ValueError(f"{path}: unknown prune recipe key(s) {', '.join(unknown)}")
+    return recipe
 
 
 def _run_prune(args: argparse.Namespace) -> int:
     from mhkd.prune.run import prune
 
-    kind = args.baseline or f"cascade{args.assistants}"
-    out = args.out or f"runs/prune-{kind}-{args.keep}-{args.data}"
+    recipe = read_recipe(args.recipe) if args.recipe else {}
+    config = {k: v for k, v in recipe.items() if k in _DEFAULTS}
+    config.update({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
+    config["quiet"] = args.quiet
+    data = args.data or recipe.get("data", "cifar100")
+    kind = config.get("baseline") or f"cascade{config.get('assistants', _DEFAULTS['assistants'])}"
+    out = args.out or f"runs/prune-{kind}-{config.get('keep', _DEFAULTS['keep'])}-{data}"
     summary = prune(
-        args.model, args.data, out=out, resume=args.resume, data_dir=args.data_dir, **_config(args)
+        args.model, data, out=out, resume=args.resume, data_dir=args.data_dir, **config
     ).summary
     print(
         f"test accuracy {summary['test_acc']:.2f}%, params {summary['params_before']} -> "
