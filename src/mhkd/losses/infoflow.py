@@ -1,0 +1,117 @@
+"""Information-flow losses (Passalis, Tzelepi & Tefas 2020): batch-wise conditional
+probabilities of two kernels per layer, compared with the symmetric (Jeffreys) divergence.
+
+Inputs are layer outputs of any shape ``(B, ...)``, flattened to ``(B, D)``; student and teacher
+widths may differ because only the ``B × B`` relations between samples are compared. Defaults
+follow the authors' reference code: each kernel's diagonal is kept and the divergence is
+averaged over all ``B²`` entries. ``diagonal=False`` is the paper's definition (``j ≠ i``: the
+diagonal is left out of the row normalisation and the mean runs over ``B(B − 1)`` entries).
+Computed in float32; the teacher's side is a constant target with no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+#: Added under the square root of squared distances, and to norms (the reference code's 1e-6).
+EPS = 1e-6
+
+
+def _gram(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Inner products ``XXᵀ`` of the flattened rows and their squared norms (one product serves
+    both kernels)."""
+    x = x.flatten(1).float()
+    gram = x @ x.t()
+    return gram, gram.diagonal()
+
+
+def _cosine(gram: Tensor, sq_norms: Tensor, eps: float) -> Tensor:
+    norms = sq_norms.clamp(min=0).sqrt() + eps
+    return (1.0 + gram / (norms.unsqueeze(1) * norms.unsqueeze(0))) / 2.0
+
+
+def _student_t(gram: Tensor, sq_norms: Tensor, eps: float) -> Tensor:
+    sq_dist = sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2.0 * gram
+    return 1.0 / (1.0 + (sq_dist.clamp(min=0) + eps).sqrt())
+
+
+def cosine_kernel(x: Tensor, eps: float = EPS) -> Tensor:
+    """``K(a, b) = (1 + cos(a, b)) / 2``, each vector divided by ``‖a‖ + eps``."""
+    return _cosine(*_gram(x), eps)
+
+
+def student_t_kernel(x: Tensor, eps: float = EPS) -> Tensor:
+    """Student-t kernel with one degree of freedom, ``1 / (1 + ‖a − b‖)``, with the distance
+    computed as ``sqrt(max(‖a‖² + ‖b‖² − 2aᵀb, 0) + eps)`` (so the diagonal is ``1/(1+√eps)``)."""
+    return _student_t(*_gram(x), eps)
+
+
+def _off_diagonal(m: Tensor) -> Tensor:
+    keep = ~torch.eye(len(m), dtype=torch.bool, device=m.device)
+    return m[keep].view(len(m), len(m) - 1)
+
+
+def conditional_probabilities(kernel: Tensor, diagonal: bool = True) -> Tensor:
+    """Rows of a kernel matrix normalised to ``p_{j|i}``.
+
+    ``diagonal=False`` drops each ``K(x_i, x_i)``: the result is ``(B, B − 1)``, row ``i``
+    holding ``p_{j|i}`` for ``j ≠ i`` in order.
+    """
+    if not diagonal:
+        kernel = _off_diagonal(kernel)
+    return kernel / kernel.sum(dim=1, keepdim=True)
+
+
+def jeffreys(p: Tensor, q: Tensor) -> Tensor:
+    """Symmetric divergence ``Σ (p − q)(log p − log q)`` averaged over all entries given.
+
+    Logs are clamped at float32's smallest normal number so an exactly zero probability (a
+    cosine kernel of opposite vectors) gives a large finite value, not NaN.
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    return ((p - q) * (p.clamp(min=tiny).log() - q.clamp(min=tiny).log())).mean()
+
+
+def _kernels(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    gram, sq_norms = _gram(x)
+    return _cosine(gram, sq_norms, eps), _student_t(gram, sq_norms, eps)
+
+
+def information_flow_pair(
+    student: Tensor, teacher: Tensor, diagonal: bool = True, eps: float = EPS
+) -> Tensor:
+    """One layer pair: ``D_J(P_t^cos, P_s^cos) + D_J(P_t^t, P_s^t)``."""
+    if student.shape[0] != teacher.shape[0] or student.shape[0] < 2:
+        raise ValueError(
+            f"infoflow compares the same batch of at least 2 samples; got "
+            f"{student.shape[0]} student and {teacher.shape[0]} teacher rows"
+        )
+    loss = student.new_zeros((), dtype=torch.float32)
+    for k_s, k_t in zip(_kernels(student, eps), _kernels(teacher.detach(), eps), strict=True):
+        loss = loss + jeffreys(
+            conditional_probabilities(k_t, diagonal), conditional_probabilities(k_s, diagonal)
+        )
+    return loss
+
+
+def information_flow(
+    students: Sequence[Tensor],
+    teachers: Sequence[Tensor],
+    weights: Sequence[float],
+    diagonal: bool = True,
+    eps: float = EPS,
+) -> Tensor:
+    """``Σ_l α_l · L_l`` over matched layer pairs (layers with weight 0 are not computed)."""
+    if not students or not len(students) == len(teachers) == len(weights):
+        raise ValueError(
+            f"infoflow needs layer pairs and one weight each; got {len(students)} student layers, "
+            f"{len(teachers)} teacher layers and {len(weights)} weights"
+        )
+    loss = students[0].new_zeros((), dtype=torch.float32)
+    for s, t, w in zip(students, teachers, weights, strict=True):
+        if w:
+            loss = loss + w * information_flow_pair(s, t, diagonal, eps)
+    return loss

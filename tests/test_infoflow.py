@@ -1,0 +1,195 @@
+"""infoflow: kernels and divergences against explicit loops, the critical-period schedule, the
+proxy teacher's width, gradient routing, layer matching and a short run with a proxy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import TinyNet
+from torch import Tensor
+
+from mhkd import api, data, losses, models
+from mhkd.auxteacher import build_proxy
+from mhkd.cli import build_parser, method_options
+from mhkd.data.batch import Batch
+from mhkd.methods import MethodContext, MethodSet, ModelOutput
+from mhkd.methods.infoflow import match_layers, period_weights
+from mhkd.taps import Taps, infer_shapes
+
+
+def _loop_kernels(x: Tensor) -> tuple[list[list[float]], list[list[float]]]:
+    """Cosine and Student-t kernels entry by entry, with the reference code's constants."""
+    rows = [[float(v) for v in r] for r in x.flatten(1)]
+    cos, stu = [], []
+    for a in rows:
+        cos.append([])
+        stu.append([])
+        for b in rows:
+            dot = sum(u * v for u, v in zip(a, b, strict=True))
+            na, nb = math.sqrt(sum(u * u for u in a)), math.sqrt(sum(v * v for v in b))
+            cos[-1].append((1 + dot / ((na + 1e-6) * (nb + 1e-6))) / 2)
+            dist = math.sqrt(max(na * na + nb * nb - 2 * dot, 0.0) + 1e-6)
+            stu[-1].append(1 / (1 + dist))
+    return cos, stu
+
+
+def _loop_jeffreys(kt: list[list[float]], ks: list[list[float]], diagonal: bool) -> float:
+    n = len(kt)
+    total, count = 0.0, 0
+    for i in range(n):
+        cols = [j for j in range(n) if diagonal or j != i]
+        zt, zs = sum(kt[i][j] for j in cols), sum(ks[i][j] for j in cols)
+        for j in cols:
+            p, q = kt[i][j] / zt, ks[i][j] / zs
+            total += (p - q) * (math.log(p) - math.log(q))
+            count += 1
+    return total / count
+
+
+def test_kernels_match_explicit_loops():
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    cos, stu = _loop_kernels(x)
+    expected = torch.tensor([cos, stu], dtype=torch.float64)
+    got = torch.stack([losses.cosine_kernel(x), losses.student_t_kernel(x)]).double()
+    assert torch.allclose(got, expected, atol=1e-6)
+    # the reference code keeps the diagonal: K_t(x, x) = 1 / (1 + sqrt(1e-6))
+    assert losses.student_t_kernel(x).diagonal() == pytest.approx([1 / 1.001] * 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+def test_pair_loss_is_two_jeffreys_divergences(diagonal):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 3), torch.randn(5, 2, 2, 2)  # widths differ
+    s_cos, s_t = _loop_kernels(student)
+    t_cos, t_t = _loop_kernels(teacher)
+    expected = _loop_jeffreys(t_cos, s_cos, diagonal) + _loop_jeffreys(t_t, s_t, diagonal)
+    got = losses.information_flow_pair(student, teacher, diagonal=diagonal)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+    p = losses.conditional_probabilities(losses.cosine_kernel(teacher), diagonal)
+    assert p.shape == ((5, 5) if diagonal else (5, 4))
+    assert torch.allclose(p.sum(1), torch.ones(5))
+
+
+def test_jeffreys_is_symmetric_zero_on_equal_and_weights_layers():
+    p = torch.tensor([[0.2, 0.8], [0.5, 0.5]])
+    q = torch.tensor([[0.4, 0.6], [0.1, 0.9]])
+    assert losses.jeffreys(p, q).item() == pytest.approx(losses.jeffreys(q, p).item())
+    assert losses.jeffreys(p, p).item() == 0.0
+    a, b = torch.randn(6, 4), torch.randn(6, 7)
+    one = losses.information_flow_pair(a, b)
+    two = losses.information_flow([a, a], [b, b], [3.0, 0.0])
+    assert two.item() == pytest.approx(3 * one.item())
+    with pytest.raises(ValueError, match="one weight each"):
+        losses.information_flow([a], [b], [1.0, 1.0])
+
+
+def test_critical_period_weights():
+    assert period_weights(4, 0) == [100.0, 100.0, 100.0, 1.0]
+    assert period_weights(2, 2) == pytest.approx([49.0, 1.0])
+    assert period_weights(2, 3, start=10.0, decay=0.5) == pytest.approx([1.25, 1.0])
+    methods, *_ = _build(period_start=10.0, period_decay=0.5)
+    logged = methods.start_epoch(0)
+    assert logged == {"infoflow_alpha_final": 1.0, "infoflow_alpha_intermediate": 10.0}
+    assert methods.start_epoch(1)["infoflow_alpha_intermediate"] == 5.0
+    assert methods.methods["infoflow"].layer_weights == [5.0, 5.0, 5.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mobilenetv2", "shufflenetv2"])
+def test_proxy_is_the_student_family_at_twice_the_width(name):
+    student = models.create(name, num_classes=10)
+    proxy = build_proxy(student)
+    assert type(proxy) is type(student)
+    layers = [*student.stage_names, student.embedding_name]
+    s_shapes = infer_shapes(student, layers, (3, 16, 16))
+    p_shapes = infer_shapes(proxy, layers, (3, 16, 16))
+    for layer in layers:
+        ratio = p_shapes[layer][0] / s_shapes[layer][0]
+        assert 1.8 <= ratio <= 2.2, (layer, ratio)
+    with pytest.raises(ValueError, match="not a zoo model"):
+        build_proxy(TinyNet())
+
+
+def test_layer_matching():
+    t, s = match_layers(models.create("resnet32x4"), models.create("shufflenetv2"))
+    assert (t, s) == (["layer1", "layer2", "layer3", "flatten"],
+                      ["layer1", "layer2", "relu2", "flatten"])
+    # four VGG stages against three ResNet stages: the same relative depth, last with last
+    t, s = match_layers(models.create("vgg13"), models.create("resnet20"))
+    assert t == ["block1", "block2", "block4", "flatten"]
+    assert s == ["layer1", "layer2", "layer3", "flatten"]
+    t, s = match_layers(TinyNet(), TinyNet(), ["stage2", "fc"], ["stage3", "flatten"])
+    assert (t, s) == (["stage2", "fc"], ["stage3", "flatten"])
+    with pytest.raises(ValueError, match="2 teacher layers .* 4 student layers"):
+        match_layers(TinyNet(), TinyNet(), ["stage2", "fc"], None)
+    with pytest.raises(ValueError, match="declares no stage_names"):
+        match_layers(torch.nn.Linear(2, 2), TinyNet())
+
+
+def _build(**options) -> tuple[MethodSet, torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    teacher, student = TinyNet(width=8), models.create("resnet8", num_classes=4, width_mult=0.5)
+    ctx = MethodContext(student=student, teacher=teacher, num_classes=4, input_shape=(3, 16, 16))
+    return MethodSet("infoflow", ctx, {"infoflow": options}), teacher, student
+
+
+def _step(methods: MethodSet, teacher, student, teacher_grad: bool) -> dict[str, Tensor]:
+    batch = Batch(torch.randn(8, 3, 16, 16), torch.arange(8) % 4, torch.arange(8))
+    with Taps(teacher, methods.teacher_layers) as t_taps, Taps(
+        student, methods.student_layers
+    ) as s_taps:
+        with torch.set_grad_enabled(teacher_grad):
+            t_out = ModelOutput(teacher(batch.images), t_taps.pop())
+        s_out = ModelOutput(student(batch.images), s_taps.pop())
+    return methods(s_out, t_out if methods.needs_teacher else None, batch)
+
+
+@pytest.mark.parametrize("aux", ["none", "module"])
+def test_gradients_reach_only_the_student(aux):
+    proxy = models.create("resnet8", num_classes=4) if aux == "module" else None
+    methods, teacher, student = _build(aux=proxy or "none")
+    assert methods.needs_teacher == (proxy is None)
+    assert not [p for p in methods.parameters() if p.requires_grad]  # nothing else to train
+    # the teacher keeps its graph here, so a missing detach would show up as a gradient
+    _step(methods, teacher, student, teacher_grad=True)["infoflow"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in methods.parameters())
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_cli_flags_reach_the_method():
+    args = build_parser().parse_args(
+        ["distill", "--teacher", "t.pt", "--student", "resnet8", "--method", "infoflow",
+         "--aux", "auto", "--period-decay", "0.5", "--kernel-diagonal", "exclude"]
+    )
+    assert method_options("infoflow", args) == {
+        "infoflow": {"aux": "auto", "period_decay": 0.5, "kernel_diagonal": "exclude"}
+    }
+    with pytest.raises(ValueError, match="keep or exclude"):
+        _build(kernel_diagonal="paper")
+
+
+def test_auto_proxy_run_then_reuse_its_checkpoint(tmp_path, fast):
+    """Proxy phases (CE, final-layer distillation) and the student run, each 1 epoch; the
+    saved proxy then teaches another student with no teacher at all."""
+    tiny_data = data.load("synthetic", num_train=64, num_test=32, num_classes=4, image_size=16)
+    teacher = TinyNet(num_classes=4, width=8)
+    options = {"aux": "auto", "aux_epochs": 1, "aux_distill_epochs": 1}
+    student = models.create("resnet8", num_classes=4, width_mult=0.5)
+    summary = api.distill(teacher, student, tiny_data, method="infoflow", out=tmp_path / "run",
+                          epochs=1, options={"infoflow": options}, **fast)
+    proxy_ckpt = tmp_path / "run" / "aux" / "distill" / "checkpoints" / "last.pt"
+    assert summary["infoflow_aux_checkpoint"] == str(proxy_ckpt) and proxy_ckpt.is_file()
+    assert (tmp_path / "run" / "aux" / "ce" / "summary.json").is_file()
+    assert summary["infoflow_aux_model"] == "resnet8" and len(summary["infoflow_pairs"]) == 4
+    proxy_log = json.loads((tmp_path / "run" / "aux" / "distill" / "metrics.jsonl").read_text())
+    assert "loss_infoflow" in proxy_log and "infoflow_alpha_intermediate" not in proxy_log
+    log = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert log["infoflow_alpha_intermediate"] == 100.0 and log["loss_infoflow"] > 0
+
+    other = api.distill(None, "resnet8", tiny_data, method="infoflow", out=tmp_path / "reuse",
+                        epochs=1, options={"infoflow": {"aux": str(proxy_ckpt)}}, **fast)
+    assert other["infoflow_aux"] == "checkpoint" and not (tmp_path / "reuse" / "aux").exists()
