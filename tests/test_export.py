@@ -85,6 +85,35 @@ def test_channel_shuffle_is_exported_exactly(tmp_path: Path):
     assert diff <= export.TOLERANCE
 
 
+@pytest.fixture
+def pruned_student() -> nn.Module:
+    """A physically pruned resnet8 (half its channels), as `mhkd prune` exports it."""
+    from mhkd import prune
+
+    torch.manual_seed(0)
+    model = trained_like(models.create("resnet8", num_classes=4))
+    layout = prune.find_layout(model, (3, 16, 16))
+    scores = [torch.rand(group.size) for group in layout.groups]
+    masked = prune.MaskedNet(model, layout.groups, 0.5, scores).eval()
+    return prune.export(masked, (3, 16, 16)).eval()
+
+
+def test_pruned_student_through_the_python_api(tmp_path: Path, pruned_student: nn.Module):
+    assert export.to_onnx(pruned_student, tmp_path / "p.onnx", (3, 16, 16)) <= export.TOLERANCE
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mhkd.checkpoint.build_model ignores pruned_channels until models.from_spec "
+    "delegates to mhkd.prune.rebuild; remove this mark then",
+)
+def test_pruned_checkpoint_exports_from_the_cli(tmp_path: Path, pruned_student: nn.Module):
+    save_deployable(pruned_student, tmp_path / "pruned.pt")
+    argv = ["export", str(tmp_path / "pruned.pt"), "--onnx", str(tmp_path / "p.onnx"),
+            "--image-size", "16", "--no-latency"]  # fmt: skip
+    assert main(argv) == 0
+
+
 def test_disagreeing_graph_is_refused(tmp_path: Path, monkeypatch):
     model = models.create("resnet8", num_classes=4)
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all is too much

@@ -151,7 +151,7 @@ def latency(
     path: str | Path,
     input_shape: Sequence[int],
     batches: Sequence[int] = LATENCY_BATCHES,
-    budget_s: float = 1.0,
+    budget_s: float = 0.5,
 ) -> dict[int, float]:
     """Median onnxruntime CPU latency (ms) per batch size, over about ``budget_s`` each."""
     session = _session(path)
