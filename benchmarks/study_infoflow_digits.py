@@ -116,8 +116,8 @@ def table(rows: dict[str, list[dict]], args: argparse.Namespace, seconds: float)
         f"test {teacher['test_acc']:.2f}% last / {teacher['best_test_acc']:.2f}% best, seed 0) "
         f"-> {STUDENT} (student). Digits (1347 train / 450 test images) resized to "
         f"{args.size}x{args.size}; {args.epochs} epochs per run, batch 64, SGD lr {args.lr} "
-        "cosine, fp32. Loss weights are each method's defaults (CE 0.1 + KD 0.9; PKT 30000 with CE 1; "
-        "infoflow 1 with CE 1, critical periods 100·0.7^epoch). The proxy teacher is a "
+        "cosine, fp32. Loss weights are each method's defaults (CE 0.1 + KD 0.9; PKT 30000 "
+        "with CE 1; infoflow 1 with CE 1, critical periods 100·0.7^epoch). The proxy teacher is a "
         f"{STUDENT} at twice the width, trained once ({args.epochs} CE epochs, then "
         f"{args.epochs} epochs of infoflow from the teacher on the embedding alone) in the "
         "first seed's run and reused from its checkpoint by the other seeds.",
