@@ -134,3 +134,18 @@ def test_cut_metrics_line_is_ignored_and_bad_input_is_one_line(tmp_path: Path, c
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_pruning_run_is_compared_with_its_original_and_stage1_is_part_of_it(tmp_path: Path):
+    run = tmp_path / "runs" / "prune"
+    (run / "stage1").mkdir(parents=True)
+    (run / "stage1" / "summary.json").write_text('{"kept_fractions": [0.5]}')  # not a trainer's
+    summary = {"test_acc": 70.0, "best_test_acc": 71.0, "params": 250, "macs": 4000, "seed": 0,
+               "seconds": 90.0, "model": "resnet8", "method": "kd", "data": "digits",
+               "prune": {"keep": 0.5, "assistants": 2, "baseline": None},
+               "params_before": 1000, "macs_before": 9000}  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    result = write_report([tmp_path / "runs"], tmp_path / "report")
+    row = row_of(result["markdown"].read_text(), "digits", "resnet8", "resnet8 pruned")
+    assert row[3:] == ["prune (cascade, 2 assistants, keep 0.5)", "1 (0)", "70.00", "71.00",
+                       "0.000", "0.0", "75.0", "1m 30s"]  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
+#: Fields of a trainer's summary.json that the tables read.
+SUMMARY_FIELDS = ("test_acc", "best_test_acc", "params", "macs", "seed", "seconds")
 UNKNOWN = "?"
 NO_TEACHER = "-"
 
@@ -45,14 +48,19 @@ class Run:
 
     @property
     def key(self) -> tuple[str, str, str, str]:
-        """(data set, teacher, student, method): runs with equal keys differ only by seed."""
+        """(data set, teacher, student, method): runs with equal keys differ only by seed.
+
+        A ``mhkd prune`` run is the original network, pruned, taught by (and compared with)
+        that original.
+        """
+        data = str(self.get("data"))
+        prune = self.get("prune", None)
+        if isinstance(prune, dict):
+            model = str(self.get("model"))
+            how = prune.get("baseline") or f"cascade, {prune.get('assistants')} assistants"
+            return data, model, f"{model} pruned", f"prune ({how}, keep {prune.get('keep')})"
         student = self.get("student", None) or self.get("model")
-        return (
-            str(self.get("data")),
-            str(self.get("teacher", NO_TEACHER)),
-            str(student),
-            str(self.get("method")),
-        )
+        return data, str(self.get("teacher", NO_TEACHER)), str(student), str(self.get("method"))
 
 
 @dataclass
@@ -101,17 +109,22 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 # ---- reading runs ------------------------------------------------------------------------
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories among ``paths`` and below them (a directory with any run file)."""
+    """Run directories among ``paths`` and below them (a directory with any run file).
+
+    The search does not descend into a run: folders inside one (e.g. a pruning run's
+    ``stage1/``) belong to it.
+    """
     found: dict[Path, None] = {}
     for given in paths:
         path = Path(given)
         if not path.is_dir():
             raise ValueError(f"not a directory: {path}")
-        if _is_run(path):
-            found[path] = None
-            continue
-        below = sorted({f.parent for name in RUN_FILES for f in path.rglob(name)})
-        runs = [p for p in below if _is_run(p)]
+        runs = []
+        for folder, subfolders, _ in os.walk(path):
+            if _is_run(Path(folder)):
+                runs.append(Path(folder))
+                subfolders.clear()
+            subfolders.sort()
         if not runs:
             raise ValueError(f"no run directories (with {' or '.join(RUN_FILES)}) in {path}")
         found.update(dict.fromkeys(runs))
@@ -146,6 +159,11 @@ def read_run(path: str | Path) -> Run:
             summary = json.loads((path / "summary.json").read_text())
         except json.JSONDecodeError:
             raise ValueError(f"{path / 'summary.json'} is not JSON") from None
+        missing = [key for key in SUMMARY_FIELDS if key not in summary]
+        if missing:
+            raise ValueError(
+                f"{path / 'summary.json'} has no {', '.join(missing)}: not a training run's summary"
+            )
     return Run(path, config, metrics, summary)
 
 
@@ -184,8 +202,16 @@ def teacher_info(group: Group, groups: Sequence[Group]) -> TeacherInfo | None:
         and g.student == group.teacher
     ]  # fmt: skip
     runs = [run for g in own for run in g.runs]
-    params = group.values("teacher_params") or [float(r.summary["params"]) for r in runs]
-    macs = group.values("teacher_macs") or [float(r.summary["macs"]) for r in runs]
+    params = (
+        group.values("teacher_params")
+        or group.values("params_before")  # a pruning run's original network
+        or [float(r.summary["params"]) for r in runs]
+    )
+    macs = (
+        group.values("teacher_macs")
+        or group.values("macs_before")
+        or [float(r.summary["macs"]) for r in runs]
+    )
     accuracy = [float(r.summary["test_acc"]) for r in runs]
     return TeacherInfo(
         group.teacher,
@@ -246,10 +272,7 @@ def incomplete_row(run: Run) -> list[str]:
     logged = f"{int(last['epoch']) + 1}/{epochs}" if last else f"none/{epochs}"
     return [
         str(run.path),
-        str(run.get("data")),
-        str(run.get("teacher", NO_TEACHER)),
-        str(run.get("student", None) or run.get("model")),
-        str(run.get("method")),
+        *run.key,
         str(run.get("seed")),
         logged,
         f"{last['test_acc']:.2f}" if "test_acc" in last else "-",
