@@ -64,6 +64,12 @@ def test_epochs_repeated_after_a_resume_replace_the_old_points(tmp_path: Path):
     assert scalars(tmp_path)["accuracy/test"] == [(1, 10.0), (2, 20.0), (3, 33.0)]
 
 
+def test_only_rank_zero_writes(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("mhkd.tensorboard.world", lambda: (1, 2))
+    TensorBoardLogger(tmp_path / "tb")({"epoch": 0, "test_acc": 1.0})
+    assert not (tmp_path / "tb").exists()
+
+
 def test_tags_name_their_family():
     assert tag("loss_mhkd") == "loss/mhkd" and tag("test_acc") == "accuracy/test"
     assert tag("infoflow_alpha_final") == "method/infoflow_alpha_final"

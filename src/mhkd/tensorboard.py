@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
+from mhkd.distributed import world
 
 #: Tags of the fixed record fields; loss terms and method values are tagged by prefix.
 TAGS = {
@@ -47,8 +47,8 @@ class TensorBoardLogger:
         self.writer: Any = None
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-            return  # ranks log the same reduced record; one copy is enough
+        if world()[0] != 0:
+            return  # every rank gets the same reduced record; rank 0 writes it
         step = int(record["epoch"]) + 1
         if self.writer is None:
             self.writer = self._writer_class(str(self.log_dir), purge_step=step)
