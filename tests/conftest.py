@@ -8,7 +8,7 @@ from torch import nn
 
 from mhkd import data
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # several pytest workers or a busy machine: never oversubscribe
 
 
 class TinyNet(nn.Module):

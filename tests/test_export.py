@@ -102,11 +102,6 @@ def test_pruned_student_through_the_python_api(tmp_path: Path, pruned_student: n
     assert export.to_onnx(pruned_student, tmp_path / "p.onnx", (3, 16, 16)) <= export.TOLERANCE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mhkd.checkpoint.build_model ignores pruned_channels until models.from_spec "
-    "delegates to mhkd.prune.rebuild; remove this mark then",
-)
 def test_pruned_checkpoint_exports_from_the_cli(tmp_path: Path, pruned_student: nn.Module):
     save_deployable(pruned_student, tmp_path / "pruned.pt")
     argv = ["export", str(tmp_path / "pruned.pt"), "--onnx", str(tmp_path / "p.onnx"),

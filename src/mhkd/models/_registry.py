@@ -38,5 +38,9 @@ def create(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
 
 
 def from_spec(spec: dict) -> nn.Module:
-    """Rebuild a model from the ``zoo_spec`` a checkpoint recorded."""
+    """Rebuild a model from the ``zoo_spec`` a checkpoint recorded (pruned ones too)."""
+    if spec.get("pruned_channels"):
+        from mhkd.prune.export import rebuild
+
+        return rebuild(spec)
     return create(spec["name"], spec["num_classes"], **spec.get("kwargs", {}))
