@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mhkd import api, checkpoint
 from mhkd.methods import Method, register
-from mhkd.train import NonFiniteLossError, Trainer, TrainConfig, weighted_sum
+from mhkd.train import NonFiniteLossError, TrainConfig, Trainer, weighted_sum
 
 
 def test_training_learns_and_writes_a_run_directory(tmp_path, tiny_data, fast):
