@@ -162,6 +162,12 @@ def _add_training_options(parser: argparse.ArgumentParser, defaults: bool = True
     group.add_argument(
         "--tensorboard", action="store_true", help="also log every epoch to OUT/tensorboard/"
     )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the models (pays off on long runs; minutes of compiling first)",
+    )
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -210,7 +216,7 @@ def _str_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _parse_weights(items: Sequence[str]) -> dict[str, float]:
+def parse_weights(items: Sequence[str]) -> dict[str, float]:
     weights = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -235,7 +241,8 @@ def method_options(spec: str, args: argparse.Namespace) -> dict[str, dict[str, A
     return split_options(spec, given)
 
 
-def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings that were given (recipes take these over their own values)."""
     keys = [
         "epochs",
         "batch_size",
@@ -252,6 +259,7 @@ def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_cache",
         "teacher_cache_topk",
         "teacher_cache_mmap",
+        "compile",
         "tensorboard",
     ]
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
@@ -268,7 +276,7 @@ def _run_train(args: argparse.Namespace) -> int:
         out=out,
         data_dir=args.data_dir,
         resume=args.resume,
-        **_training_kwargs(args),
+        **training_kwargs(args),
     ).fit()
     _print_result(summary, out)
     return 0
@@ -289,8 +297,8 @@ def _run_distill(args: argparse.Namespace) -> int:
         teacher_layers=args.teacher_layers,
         student_layers=args.student_layers,
         options=method_options(args.method, args),
-        weights=_parse_weights(args.weight),
-        **_training_kwargs(args),
+        weights=parse_weights(args.weight),
+        **training_kwargs(args),
     ).fit()
     _print_result(summary, out)
     return 0

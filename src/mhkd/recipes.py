@@ -55,10 +55,10 @@ def run_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "milestones": schedule.get("milestones"),
         "gamma": schedule.get("gamma"),
     }
-    for key in list(config) + ["seed", "precision", "channels_last", "device", "quiet"]:
-        if getattr(args, key, None) not in (None, False):
-            config[key] = getattr(args, key)
+    from mhkd.cli import method_options, parse_weights, training_kwargs
+
     config = {k: v for k, v in config.items() if v is not None}
+    config.update(training_kwargs(args))
     if getattr(args, "schedule", None) and not getattr(args, "milestones", None):
         config.pop("milestones", None)
 
@@ -73,8 +73,6 @@ def run_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         arch = (checkpoint.load(teacher).get("arch") or {}).get("name")
         if recipe.get("teacher") and arch and arch != recipe["teacher"]:
             raise ValueError(f"recipe expects a {recipe['teacher']} teacher, {teacher} is a {arch}")
-
-    from mhkd.cli import _parse_weights, method_options
 
     options = split_options(method, recipe.get("options") or {}) if method != "ce" else {}
     for name, flags in (method_options(method, args) if method != "ce" else {}).items():
@@ -93,9 +91,8 @@ def run_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         teacher_layers=getattr(args, "teacher_layers", None),
         student_layers=getattr(args, "student_layers", None),
         options=options,
-        weights={**(recipe.get("weights") or {}), **_parse_weights(args.weight)},
+        weights={**(recipe.get("weights") or {}), **parse_weights(args.weight)},
         extra_config={"recipe": str(args.file), "paper": recipe.get("paper")},
-        tensorboard=getattr(args, "tensorboard", False),
         **config,
     ).fit()
     return summary, out

@@ -73,6 +73,7 @@ class TrainConfig:
     teacher_cache: str | None = None
     teacher_cache_topk: int | None = None
     teacher_cache_mmap: bool = False
+    compile: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -190,6 +191,10 @@ class Trainer:
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
+        if config.compile:  # in place: state-dict keys and forward hooks stay as they are
+            for model in (self.student, teacher):
+                if model is not None:
+                    model.compile()
         ctx = MethodContext(
             student=self.student,
             teacher=teacher,
