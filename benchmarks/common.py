@@ -52,3 +52,9 @@ def interleaved_medians(
         for name, run in runners.items():
             times[name].append(seconds(run, device))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` with two decimals (std 0 for a single value)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"

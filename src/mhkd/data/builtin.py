@@ -19,14 +19,16 @@ def _to_uint8(images: Tensor) -> Tensor:
     return images.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_digits(root: Path, download: bool) -> DataSplits:
-    """The 1797 8×8 digits (values 0..16) as 32×32 RGB, with a fixed stratified split."""
+def load_digits(root: Path, download: bool, image_size: int = 32) -> DataSplits:
+    """The 1797 8×8 digits (values 0..16) as RGB upsampled to ``image_size`` (default 32, the
+    zoo's input), with a fixed stratified split. 16 keeps every detail at a quarter of the cost.
+    """
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
     digits = sklearn_digits()
     small = torch.from_numpy(digits.images).float().unsqueeze(1) * (255.0 / 16.0)
-    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    big = F.interpolate(small, size=(image_size,) * 2, mode="bilinear", align_corners=False)
     images = _to_uint8(big).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target.astype(np.int64))
     train_idx, test_idx = train_test_split(
