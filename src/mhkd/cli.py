@@ -163,6 +163,13 @@ def _add_training_options(parser: argparse.ArgumentParser, defaults: bool = True
         "--tensorboard", action="store_true", help="also log every epoch to OUT/tensorboard/"
     )
     group.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="train without random crop and flip",
+    )
+    group.add_argument(
         "--compile",
         action="store_true",
         default=None,
@@ -260,6 +267,7 @@ def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_cache_topk",
         "teacher_cache_mmap",
         "compile",
+        "augment",
         "tensorboard",
     ]
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}

@@ -74,6 +74,7 @@ class TrainConfig:
     teacher_cache_topk: int | None = None
     teacher_cache_mmap: bool = False
     compile: bool = False
+    augment: bool = True
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -238,6 +239,7 @@ class Trainer:
             world_size=self.world_size,
             channels_last=self.channels_last,
             eval_batch_size=config.eval_batch_size,
+            augment=config.augment,
         )
         params = [p for p in self.step_module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
@@ -271,7 +273,8 @@ class Trainer:
         root = Path(config.teacher_cache)
         if self.rank == 0 and not (root / "meta.json").is_file():
             build_cache(
-                root, self.teacher, self.data, self.device, topk=config.teacher_cache_topk,
+                root, self.teacher, self.data, self.device, augment=config.augment,
+                topk=config.teacher_cache_topk,
                 precision=self.precision, channels_last=self.channels_last,
                 quiet=config.quiet or not sys.stderr.isatty(),
             )  # fmt: skip
@@ -439,6 +442,7 @@ class Trainer:
             },
             "train_acc": 100.0 * totals[-2] / max(1.0, seen_all),
             "images_per_s": seen_all / elapsed,
+            "train_seconds": elapsed,
             **scheduled,
         }
 

@@ -149,6 +149,7 @@ def make_loaders(
     world_size: int = 1,
     channels_last: bool = False,
     eval_batch_size: int | None = None,
+    augment: bool = True,
 ) -> tuple[DeviceLoader, DeviceLoader]:
     """The usual pair: augmented, shuffled training batches and plain sharded test batches."""
     common = dict(
@@ -160,7 +161,9 @@ def make_loaders(
         world_size=world_size,
         channels_last=channels_last,
     )
-    train = DeviceLoader(splits.train.images, splits.train.labels, batch_size, train=True, **common)
+    train = DeviceLoader(
+        splits.train.images, splits.train.labels, batch_size, train=True, augment=augment, **common
+    )
     test = DeviceLoader(
         splits.test.images, splits.test.labels, eval_batch_size or batch_size, train=False, **common
     )
