@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import machine, write_results  # noqa: E402
 
 from mhkd import api, data, models  # noqa: E402
 from mhkd.data import NUM_VIEWS  # noqa: E402
@@ -86,11 +86,7 @@ def main() -> None:
         f"— the teacher forwards of {NUM_VIEWS} epochs, "
         "paid back over a 240-epoch run and reused by every later student of that teacher.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_results(lines, args.out)
 
 
 if __name__ == "__main__":

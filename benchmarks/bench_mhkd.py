@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import mhkd_step  # noqa: E402
-from common import interleaved_medians, machine  # noqa: E402
+from common import interleaved_medians, machine, write_results  # noqa: E402
 
 from mhkd import data, hardware, models  # noqa: E402
 from mhkd.models.complexity import count_macs  # noqa: E402
@@ -104,11 +104,7 @@ def main() -> None:
             lines.append(row)
     lines += ["", "Where the time goes (multiply-accumulates per image, forward):", "",
               "| module | params | MMACs |", "|---|---|---|", *head_macs(built["mhkd (joint)"])]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_results(lines, args.out)
 
 
 if __name__ == "__main__":

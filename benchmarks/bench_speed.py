@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved_medians, machine  # noqa: E402
+from common import interleaved_medians, machine, write_results  # noqa: E402
 
 from mhkd import data, hardware, losses, models  # noqa: E402
 from mhkd.train import TrainConfig, Trainer  # noqa: E402
@@ -160,9 +160,8 @@ def main() -> None:
         )
         print(row, flush=True)
         lines.append(row)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    if args.out:  # rows were printed as they came
+        write_results(lines, args.out)
 
 
 if __name__ == "__main__":

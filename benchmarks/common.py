@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -58,3 +59,12 @@ def mean_std(values: list[float]) -> str:
     """``mean ± sample std`` with two decimals (std 0 for a single value)."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def write_results(lines: list[str], out: Path | None) -> None:
+    """Print a results table and, when ``out`` is given, write it there as markdown."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
