@@ -28,6 +28,7 @@ ARMS = {
     "CE (student alone)": ("ce", {}),
     "KD": ("kd", {}),
     "MHKD (heads 1,2,3)": ("mhkd", {}),
+    "MHKD, pre-fitted teacher heads": ("mhkd", {"head_mode": "prefit"}),
     "Head-1": ("ohkd", {"heads": 1}),
     "Head-2": ("ohkd", {"heads": 2}),
     "Head-3": ("ohkd", {"heads": 3}),
@@ -78,8 +79,10 @@ def main() -> None:
                 results.setdefault(label, []).append(
                     (s["test_acc"], s["best_test_acc"], s.get("seconds", 0.0))
                 )
+                heads = s.get("teacher_head_prefit_train_acc")
                 print(f"{label} seed {seed}: last {s['test_acc']:.2f} best "
-                      f"{s['best_test_acc']:.2f} ({s.get('seconds', 0):.0f} s)", flush=True)
+                      f"{s['best_test_acc']:.2f} ({s.get('seconds', 0):.0f} s)"
+                      + (f", teacher heads' train accuracy {heads}" if heads else ""), flush=True)
 
     lines = [
         f"# MHKD on scikit-learn digits: {args.teacher} → {args.student}",

@@ -1,0 +1,53 @@
+"""`mhkd quickstart` over several seeds: what it prints, as mean ± std, and how long it takes.
+
+    python benchmarks/study_quickstart.py --seeds 0 1 2 --out benchmarks/results/quickstart.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, mean_std, write_results  # noqa: E402
+
+from mhkd.quickstart import quickstart  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows: dict[str, list[dict]] = {}
+    minutes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            started = time.perf_counter()
+            for name, summary in quickstart(out=Path(tmp) / f"s{seed}", seed=seed, quiet=True):
+                rows.setdefault(name, []).append(summary)
+            minutes.append((time.perf_counter() - started) / 60)
+    lines = [
+        f"Machine: {machine()}. Command: `python benchmarks/study_quickstart.py "
+        f"{' '.join(sys.argv[1:])}`",
+        "",
+        f"`mhkd quickstart` (seeds {', '.join(map(str, args.seeds))}): wall time per run "
+        f"{mean_std(minutes)} min.",
+        "",
+        "| model | last-epoch test top-1 | best-epoch test top-1 | params | MMACs |",
+        "|---|---|---|---|---|",
+    ]
+    for name, summaries in rows.items():
+        lines.append(
+            f"| {name} | {mean_std([s['test_acc'] for s in summaries])} | "
+            f"{mean_std([s['best_test_acc'] for s in summaries])} | "
+            f"{summaries[0]['params'] / 1e6:.3f}M | {summaries[0]['macs'] / 1e6:.1f} |"
+        )
+    write_results(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
