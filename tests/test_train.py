@@ -17,6 +17,7 @@ from mhkd.train import NonFiniteLossError, TrainConfig, Trainer, weighted_sum
 
 def test_training_learns_and_writes_a_run_directory(tmp_path, tiny_data, fast):
     out = tmp_path / "run"
+    torch.manual_seed(0)  # the module is built here, before the run's own seeding
     summary = api.train(TinyNet(), tiny_data, out=out, epochs=3, **fast)
 
     assert summary["test_acc"] > 60, summary  # 4 classes: chance is 25 %
@@ -122,3 +123,15 @@ def test_config_rejects_nonsense():
 def test_unknown_weight_term_is_refused(tiny_data, fast):
     with pytest.raises(ValueError, match="unknown loss term"):
         Trainer(TinyNet(), tiny_data, TrainConfig(weights={"kdd": 1.0}, **fast))
+
+
+def test_a_fresh_run_refuses_an_occupied_directory_unless_told_to_overwrite(
+    tmp_path, tiny_data, fast
+):
+    api.train(TinyNet(), tiny_data, out=tmp_path, epochs=1, **fast)
+    with pytest.raises(ValueError, match="already holds a run"):
+        api.train(TinyNet(), tiny_data, out=tmp_path, epochs=2, **fast)
+    summary = api.train(TinyNet(), tiny_data, out=tmp_path, epochs=2, overwrite=True, **fast)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # nothing of the old run
+    assert summary["epochs"] == 2

@@ -54,11 +54,13 @@ def trainer(
     options: dict[str, dict[str, Any]] | None = None,
     extra_config: dict[str, Any] | None = None,
     tensorboard: bool = False,
+    overwrite: bool = False,
     **config: Any,
 ) -> Trainer:
     """Build a :class:`~mhkd.train.Trainer` (resumed from ``out`` when ``resume``).
 
-    ``tensorboard`` logs every epoch to ``out/tensorboard/`` as well.
+    ``tensorboard`` logs every epoch to ``out/tensorboard/`` as well; ``overwrite`` lets a fresh
+    run replace a finished or killed one in ``out`` (otherwise that is an error).
     """
     splits = load_data(data, data_dir)
     set_seed(config.get("seed", 0))  # zoo models are initialised from the run's seed
@@ -83,6 +85,7 @@ def trainer(
             **(extra_config or {}),
         },
         loggers=[TensorBoardLogger(Path(out) / "tensorboard")] if tensorboard else [],
+        overwrite=overwrite,
     )
     if resume:
         if out is None:

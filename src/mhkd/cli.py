@@ -150,6 +150,9 @@ def _add_training_options(parser: argparse.ArgumentParser, defaults: bool = True
     group.add_argument("--seed", type=int, default=default(0))
     group.add_argument("--out", help="run directory (default: runs/<command>-<model>)")
     group.add_argument("--resume", action="store_true", help="continue the run in --out")
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out (default: refuse)"
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     group.add_argument(
         "--precision",
@@ -269,6 +272,7 @@ def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "compile",
         "augment",
         "tensorboard",
+        "overwrite",
     ]
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 

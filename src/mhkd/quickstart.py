@@ -21,7 +21,7 @@ def quickstart(out: str | Path = "runs/quickstart", seed: int = 0, quiet: bool =
     """Run teacher, CE student and KD student; print and return the comparison rows."""
     out = Path(out)
     data = api.load_data("digits")
-    common = {"seed": seed, "quiet": quiet, **SETTINGS}
+    common = {"seed": seed, "quiet": quiet, "overwrite": True, **SETTINGS}
     say = (lambda *_: None) if quiet else (lambda text: print(text, file=sys.stderr))
 
     say(f"[1/3] teacher {TEACHER} on digits")

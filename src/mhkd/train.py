@@ -163,8 +163,10 @@ class Trainer:
         method_options: dict[str, dict[str, Any]] | None = None,
         extra_config: dict[str, Any] | None = None,
         loggers: Sequence[Callable[[dict[str, Any]], None]] = (),
+        overwrite: bool = False,
     ):
         self.config = config
+        self.overwrite = overwrite
         self.out = Path(out) if out is not None else None
         self.loggers = list(loggers)
         self.data = data
@@ -323,6 +325,20 @@ class Trainer:
             "num_classes": self.data.num_classes,
         }
 
+    def _claim_run_directory(self) -> None:
+        """A fresh run never mixes into, or silently replaces, a run already in ``out``."""
+        if not self._path("checkpoints", "last.pt").is_file():
+            return
+        if not self.overwrite:
+            raise ValueError(
+                f"{self.out} already holds a run: continue it with --resume, start over with "
+                "--overwrite, or choose another --out"
+            )
+        for name in ("metrics.jsonl", "summary.json"):
+            self._path(name).unlink(missing_ok=True)
+        for stale in self._path("checkpoints").glob("*.pt"):
+            stale.unlink()
+
     def resume(self) -> None:
         """Continue from ``OUT/checkpoints/last.pt``: weights, optimizer, schedule, RNG, methods."""
         path = self._path("checkpoints", "last.pt")
@@ -358,6 +374,8 @@ class Trainer:
         """Train up to ``until_epoch`` (default: all epochs); returns the summary."""
         last = min(until_epoch or self.config.epochs, self.config.epochs)
         if self.writes:
+            if self.epoch == 0:
+                self._claim_run_directory()
             self.out.mkdir(parents=True, exist_ok=True)
             self._path("config.yaml").write_text(
                 yaml.safe_dump(self._resolved_config(), sort_keys=False)
