@@ -1,5 +1,8 @@
 """Loss math as pure functions of tensors, one module per family, re-exported here."""
 
+from mhkd.losses.crd import ContrastMemory, CRDEmbed, crd, nce_loss
+from mhkd.losses.dkd import dkd, dkd_parts
+from mhkd.losses.features import at, attention_map, fitnet, sp
 from mhkd.losses.infoflow import (
     conditional_probabilities,
     cosine_kernel,
@@ -10,16 +13,31 @@ from mhkd.losses.infoflow import (
 )
 from mhkd.losses.logits import kd
 from mhkd.losses.mhkd import heads_ce, multi_head_kd, ohkd
+from mhkd.losses.relations import cc, correlation_matrix, pkt, rkd
 
 __all__ = [
+    "CRDEmbed",
+    "ContrastMemory",
+    "at",
+    "attention_map",
+    "cc",
     "conditional_probabilities",
+    "correlation_matrix",
     "cosine_kernel",
+    "crd",
+    "dkd",
+    "dkd_parts",
+    "fitnet",
     "heads_ce",
     "information_flow",
     "information_flow_pair",
     "jeffreys",
     "kd",
     "multi_head_kd",
+    "nce_loss",
     "ohkd",
+    "pkt",
+    "rkd",
+    "sp",
     "student_t_kernel",
 ]

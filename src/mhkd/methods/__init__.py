@@ -1,9 +1,17 @@
 """Distillation methods, one file each, registered by name; ``"a+b"`` composes them."""
 
 from mhkd.methods import (
+    at,  # noqa: F401  (registers the method)
+    cc,  # noqa: F401  (registers the method)
+    crd,  # noqa: F401  (registers the method)
+    dkd,  # noqa: F401  (registers the method)
+    fitnet,  # noqa: F401  (registers the method)
     infoflow,  # noqa: F401  (registers the method)
     kd,  # noqa: F401  (registers the method)
     mhkd,  # noqa: F401  (registers mhkd and ohkd)
+    pkt,  # noqa: F401  (registers the method)
+    rkd,  # noqa: F401  (registers the method)
+    sp,  # noqa: F401  (registers the method)
 )
 from mhkd.methods.base import (
     Method,

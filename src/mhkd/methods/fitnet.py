@@ -1,0 +1,97 @@
+"""FitNet: hints from a teacher feature map (Romero et al. 2015)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mhkd import losses
+from mhkd.data.batch import Batch
+from mhkd.methods._layers import stage_pairs
+from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+
+
+class Regressor(nn.Module):
+    """Student map → teacher map: a convolution to the teacher's channels, BN, ReLU.
+
+    The spatial size is matched by the convolution itself (the CRD benchmark's ``ConvReg``):
+    same size → 1×1; twice the teacher's → 3×3 stride 2; half → 4×4 transposed stride 2;
+    larger → a valid convolution of kernel ``1 + s − t``; any other smaller size → bilinear
+    upsampling, then 1×1.
+    """
+
+    def __init__(self, student_shape, teacher_shape):  # noqa: ANN001 (torch.Size, C×H×W)
+        super().__init__()
+        s_c, s_h, s_w = (int(v) for v in student_shape)
+        t_c, t_h, t_w = (int(v) for v in teacher_shape)
+        self.size = (t_h, t_w)
+        self.upsample = False
+        if (s_h, s_w) == (t_h, t_w):
+            conv: nn.Module = nn.Conv2d(s_c, t_c, kernel_size=1)
+        elif (s_h, s_w) == (2 * t_h, 2 * t_w):
+            conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif (2 * s_h, 2 * s_w) == (t_h, t_w):
+            conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            conv, self.upsample = nn.Conv2d(s_c, t_c, kernel_size=1), True
+        self.conv = conv
+        self.bn = nn.BatchNorm2d(t_c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.upsample:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return self.relu(self.bn(self.conv(x)))
+
+
+@register
+class FitNet(Method):
+    """Hint loss at a middle stage: ``MSE(regressor(f_s), f_t)``, β = 100, with KD.
+
+    Default layers: stage ``(n − 1) // 2`` of each zoo model (the benchmark's hint layer);
+    ``hint_stage`` picks another stage index; user-named layers give one hint per pair (one
+    regressor each, losses summed). The regressor is sized by a dry run.
+    """
+
+    name = "fitnet"
+    companions = ("kd",)
+    weights = {"ce": 0.1, "fitnet": 100.0}
+
+    def __init__(self, ctx: MethodContext, hint_stage: int | None = None):
+        super().__init__(ctx)
+        select = "middle" if hint_stage is None else hint_stage
+        self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, select)
+        t_shapes = ctx.teacher_shapes(self.teacher_layers)
+        s_shapes = ctx.student_shapes(self.student_layers)
+        for role, shapes in (("teacher", t_shapes), ("student", s_shapes)):
+            flat = [n for n, s in shapes.items() if len(s) != 3]
+            if flat:
+                raise ValueError(f"fitnet needs feature maps; {role} layer(s) {flat} are not 4-D")
+        self.regressors = nn.ModuleList(
+            Regressor(s_shapes[s], t_shapes[t])
+            for t, s in zip(self.teacher_layers, self.student_layers, strict=True)
+        )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--hint-stage",
+            type=int,
+            default=argparse.SUPPRESS,
+            help="fitnet: zoo stage index of the hint (default: the middle one)",
+        )
+
+    def forward(
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> dict[str, Tensor]:
+        loss = sum(
+            losses.fitnet(reg(student.features[s]), teacher.features[t])
+            for reg, t, s in zip(
+                self.regressors, self.teacher_layers, self.student_layers, strict=True
+            )
+        )
+        return {"fitnet": loss}

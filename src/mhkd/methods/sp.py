@@ -1,0 +1,34 @@
+"""Similarity-preserving knowledge distillation (Tung & Mori 2019)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from mhkd import losses
+from mhkd.data.batch import Batch
+from mhkd.methods._layers import stage_pairs
+from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+
+
+@register
+class SP(Method):
+    """Row-normalised batch Gram matrices of the last stage's maps; β = 3000, no KD.
+
+    User-named layers give one term per pair, summed. No trainable extras.
+    """
+
+    name = "sp"
+    weights = {"sp": 3000.0}
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "last")
+
+    def forward(
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
+    ) -> dict[str, Tensor]:
+        loss = sum(
+            losses.sp(student.features[s], teacher.features[t])
+            for t, s in zip(self.teacher_layers, self.student_layers, strict=True)
+        )
+        return {"sp": loss}

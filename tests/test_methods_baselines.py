@@ -1,0 +1,461 @@
+"""The baseline methods: they train, their gradients go where they should, they compose, and
+CRD's memory banks survive checkpoints and stay identical across data-parallel ranks."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import io
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from mhkd import losses
+from mhkd.data.batch import Batch
+from mhkd.losses.crd import ContrastMemory
+from mhkd.methods import MethodContext, MethodSet, ModelOutput
+from mhkd.methods.base import method_class
+from mhkd.taps import Taps
+
+BASELINES = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "crd", "dkd")
+NUM_SAMPLES = 64
+
+
+class SmallCNN(nn.Module):
+    """Three conv stages, global pooling and a linear classifier, with the zoo's tap names."""
+
+    stage_names = ("stage1", "stage2", "stage3")
+    embedding_name = "flatten"
+    classifier_name = "fc"
+
+    def __init__(self, width: int, strides=(1, 2, 2), num_classes: int = 4):
+        super().__init__()
+        widths = (width, 2 * width, 4 * width)
+        c_in = 3
+        for i, (c_out, stride) in enumerate(zip(widths, strides, strict=True), start=1):
+            block = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+            )
+            setattr(self, f"stage{i}", block)
+            c_in = c_out
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def make_pair(student_kind: str = "same"):
+    torch.manual_seed(0)
+    teacher = SmallCNN(12).eval()
+    # "other": the student's stages end at other spatial sizes (8, 4, 4 vs 16, 8, 4)
+    strides = (1, 2, 2) if student_kind == "same" else (2, 2, 1)
+    student = SmallCNN(6, strides)
+    return teacher, student
+
+
+def make_batch(seed: int = 0, size: int = 32) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(size, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 4, (size,), generator=g)
+    indices = torch.randperm(NUM_SAMPLES, generator=g)[:size]
+    return Batch(images, labels, indices)
+
+
+def context(teacher, student, **kwargs) -> MethodContext:
+    return MethodContext(
+        student=student,
+        teacher=teacher,
+        num_classes=4,
+        num_samples=NUM_SAMPLES,
+        input_shape=(3, 16, 16),
+        **kwargs,
+    )
+
+
+def outputs(methods: MethodSet, teacher, student, batch: Batch, teacher_graph: bool = False):
+    """One step's ModelOutputs; the teacher runs without a graph, as in the training loop,
+    unless ``teacher_graph`` (then only the methods themselves can keep it out of a gradient)."""
+    with (
+        Taps(teacher, methods.teacher_layers) as t_taps,
+        Taps(student, methods.student_layers) as s_taps,
+    ):
+        with torch.set_grad_enabled(teacher_graph):
+            t_out = ModelOutput(teacher(batch.images), t_taps.pop())
+        s_out = ModelOutput(student(batch.images), s_taps.pop())
+    return s_out, t_out
+
+
+def total_loss(methods: MethodSet, s_out: ModelOutput, terms: dict, batch: Batch):
+    terms = {"ce": F.cross_entropy(s_out.logits, batch.labels), **terms}
+    return sum(methods.weights[k] * v for k, v in terms.items())
+
+
+@pytest.mark.parametrize("student_kind", ["same", "other"])
+@pytest.mark.parametrize("name", BASELINES)
+def test_method_trains_and_its_gradients_skip_the_teacher(name, student_kind):
+    teacher, student = make_pair(student_kind)
+    methods = MethodSet(name, context(teacher, student))
+    batch = make_batch()
+
+    # gradients of the method's own term: student and extras yes, teacher never
+    s_out, t_out = outputs(methods, teacher, student, batch, teacher_graph=True)
+    own = methods(s_out, t_out, batch)[name]
+    assert own.dim() == 0 and torch.isfinite(own)
+    extras = [p for p in methods.parameters() if p.requires_grad]
+    teacher_params = list(teacher.parameters())
+    grads = torch.autograd.grad(
+        own, [*student.parameters(), *extras, *teacher_params], allow_unused=True
+    )
+    n_s = len(list(student.parameters()))
+    student_grads, extra_grads = grads[:n_s], grads[n_s : n_s + len(extras)]
+    teacher_grads = grads[n_s + len(extras) :]
+    assert all(g is None or not g.any() for g in teacher_grads), "gradient reached the teacher"
+    assert any(g is not None and g.abs().sum() > 0 for g in student_grads)
+    assert all(g is not None and g.abs().sum() > 0 for g in extra_grads)
+    if name in ("fitnet", "cc", "crd"):
+        assert extras, f"{name} has trainable extras"
+
+    # a few SGD steps on one batch (teacher without a graph, as in training)
+    optimizer = torch.optim.SGD([*student.parameters(), *extras], lr=0.02, momentum=0.9)
+    history = []
+    for _ in range(8):
+        s_out, t_out = outputs(methods, teacher, student, batch)
+        terms = methods(s_out, t_out, batch)
+        loss = total_loss(methods, s_out, terms, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert all(p.grad is None for p in teacher.parameters())
+        history.append({k: v.item() for k, v in terms.items()})
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    if name != "crd":  # CRD draws new negatives and moves its banks every step: noisy
+        assert history[-1][name] < history[0][name], [h[name] for h in history]
+
+
+DEFAULT_WEIGHTS = {
+    "fitnet": {"ce": 0.1, "kd": 0.9, "fitnet": 100.0},
+    "at": {"ce": 1.0, "at": 1000.0},
+    "sp": {"ce": 1.0, "sp": 3000.0},
+    "cc": {"ce": 0.1, "kd": 0.9, "cc": 0.02},
+    "rkd": {"ce": 0.1, "kd": 0.9, "rkd": 1.0},
+    "pkt": {"ce": 1.0, "pkt": 30000.0},
+    "crd": {"ce": 0.1, "kd": 0.9, "crd": 0.8},
+    "dkd": {"ce": 1.0, "dkd": 1.0},
+    "kd+at": {"ce": 0.1, "kd": 0.9, "at": 1000.0},
+    "crd+kd": {"ce": 0.1, "kd": 0.9, "crd": 0.8},
+    "fitnet+at": {"ce": 0.1, "kd": 0.9, "fitnet": 100.0, "at": 1000.0},
+}
+
+
+@pytest.mark.parametrize("spec", sorted(DEFAULT_WEIGHTS))
+def test_default_weights_follow_the_benchmark(spec):
+    teacher, student = make_pair()
+    methods = MethodSet(spec, context(teacher, student))
+    assert methods.weights == DEFAULT_WEIGHTS[spec]
+    s_out, t_out = outputs(methods, teacher, student, make_batch())
+    terms = methods(s_out, t_out, make_batch())
+    assert set(terms) == set(DEFAULT_WEIGHTS[spec]) - {"ce"}
+
+
+def test_kd_plus_at_sums_the_right_terms():
+    teacher, student = make_pair("other")
+    methods = MethodSet("kd+at", context(teacher, student))
+    assert methods.names == ["kd", "at"]
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    terms = methods(s_out, t_out, batch)
+    kd = losses.kd(s_out.logits, t_out.logits, 4.0)
+    at = sum(
+        losses.at(s_out.features[s], t_out.features[t])
+        for s, t in zip(student.stage_names, teacher.stage_names, strict=True)
+    )
+    torch.testing.assert_close(terms["kd"], kd)
+    torch.testing.assert_close(terms["at"], at)
+    ce = F.cross_entropy(s_out.logits, batch.labels)
+    torch.testing.assert_close(
+        total_loss(methods, s_out, terms, batch), 0.1 * ce + 0.9 * kd + 1000.0 * at
+    )
+
+
+def test_crd_plus_kd_sums_the_right_terms():
+    teacher, student = make_pair()
+    methods = MethodSet("crd+kd", context(teacher, student))
+    assert methods.names == ["kd", "crd"]  # kd once, though crd also brings it
+    alone = MethodSet("crd", context(teacher, student))
+    alone.load_state_dict(methods.state_dict())  # same embeddings and banks
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    torch.manual_seed(7)
+    terms = methods(s_out, t_out, batch)
+    assert set(terms) == {"kd", "crd"}
+    torch.manual_seed(7)
+    crd = alone(s_out, t_out, batch)["crd"]
+    torch.testing.assert_close(terms["crd"], crd)
+    ce = F.cross_entropy(s_out.logits, batch.labels)
+    expected = 0.1 * ce + 0.9 * losses.kd(s_out.logits, t_out.logits) + 0.8 * crd
+    torch.testing.assert_close(total_loss(methods, s_out, terms, batch), expected)
+
+
+def test_dkd_warms_up_over_twenty_epochs():
+    teacher, student = make_pair()
+    methods = MethodSet("dkd", context(teacher, student))
+    dkd = methods.methods["dkd"]
+    assert methods.teacher_inputs == "logits"
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    full = losses.dkd(s_out.logits, t_out.logits, batch.labels, 1.0, 8.0, 4.0)
+    for epoch, factor in [(0, 0.05), (9, 0.5), (19, 1.0), (100, 1.0)]:
+        assert methods.start_epoch(epoch) == {"dkd_warmup": pytest.approx(factor)}
+        torch.testing.assert_close(methods(s_out, t_out, batch)["dkd"], factor * full)
+    assert dkd.warmup == 1.0
+
+
+def test_user_named_layers_replace_the_zoo_defaults():
+    teacher, student = make_pair()
+    ctx = context(
+        teacher, student, teacher_layers=["stage1", "stage3"], student_layers=["stage1", "stage3"]
+    )
+    at = MethodSet("at", ctx)
+    assert at.teacher_layers == ["stage1", "stage3"]
+    fitnet = MethodSet("fitnet", ctx)
+    assert len(fitnet.methods["fitnet"].regressors) == 2
+    crd = MethodSet("crd", ctx)  # embedding methods take the last named layer, pooled
+    assert crd.teacher_layers == ["stage3"]
+    s_out, t_out = outputs(crd, teacher, student, make_batch())
+    assert torch.isfinite(crd(s_out, t_out, make_batch())["crd"])
+    with pytest.raises(ValueError, match="pairs teacher and student layers"):
+        MethodSet(
+            "at",
+            context(
+                teacher, student, teacher_layers=["stage1"], student_layers=["stage1", "stage2"]
+            ),
+        )
+
+
+def test_a_model_without_tap_names_asks_for_layers():
+    teacher, _ = make_pair()
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)
+    )
+    with pytest.raises(ValueError, match="--student-layers"):
+        MethodSet("at", context(teacher, plain))
+    with pytest.raises(ValueError, match="--student-layers"):
+        MethodSet("crd", context(teacher, plain))
+
+
+def test_method_flags_reach_constructor_keywords():
+    parser = argparse.ArgumentParser(conflict_handler="resolve")
+    for name in BASELINES:
+        cls = method_class(name)
+        if not hasattr(cls, "add_arguments"):
+            continue
+        before = {a.dest for a in parser._actions}
+        cls.add_arguments(parser)
+        added = {a.dest for a in parser._actions} - before - {"help"}
+        params = set(inspect.signature(cls.__init__).parameters) - {"self", "ctx"}
+        assert added <= params, (name, added - params)
+    args = parser.parse_args(["--dkd-beta", "6", "--temperature", "2", "--crd-negatives", "100"])
+    assert (args.dkd_beta, args.temperature, args.negatives) == (6.0, 2.0, 100)
+    assert not hasattr(args, "nce_temperature")  # absent flags leave the defaults
+
+
+# ---- CRD's memory banks: checkpoints -----------------------------------------------------------
+def _crd_steps(methods, teacher, student, steps, seed=0):
+    for step in range(steps):
+        batch = make_batch(seed + step, size=16)
+        s_out, t_out = outputs(methods, teacher, student, batch)
+        loss = methods(s_out, t_out, batch)["crd"]
+        loss.backward()
+    return loss
+
+
+def test_crd_banks_round_trip_through_a_checkpoint():
+    teacher, student = make_pair()
+    methods = MethodSet("crd", context(teacher, student))
+    memory = methods.methods["crd"].memory
+    initial = memory.student_bank.clone()
+    _crd_steps(methods, teacher, student, 3)
+
+    buffer = io.BytesIO()
+    torch.save(methods.state_dict(), buffer)  # the last step's update is flushed into it
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    for key in ("student_bank", "teacher_bank", "labels", "z"):
+        assert f"methods.crd.memory.{key}" in state
+    assert state["methods.crd.memory.student_bank"].shape == (NUM_SAMPLES, 128)
+    last_rows = make_batch(2, size=16).indices
+    assert not torch.equal(state["methods.crd.memory.student_bank"][last_rows], initial[last_rows])
+    assert (state["methods.crd.memory.z"] > 0).all()
+
+    torch.manual_seed(123)  # another initialisation: different banks and embeddings
+    restored = MethodSet("crd", context(teacher, student))
+    assert not torch.equal(restored.methods["crd"].memory.student_bank, memory.student_bank)
+    restored.load_state_dict(state)
+    for key, value in methods.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key
+
+    # and both continue identically
+    torch.manual_seed(5)
+    a = _crd_steps(methods, teacher, student, 2, seed=10)
+    torch.manual_seed(5)
+    b = _crd_steps(restored, teacher, student, 2, seed=10)
+    assert torch.equal(a, b)
+    for key, value in methods.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key
+
+
+def test_crd_resume_restores_the_banks(tmp_path, tiny_data):
+    from mhkd import api
+
+    teacher, _ = make_pair()
+    common = dict(
+        teacher=teacher,
+        method="crd",
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        quiet=True,
+        precision="fp32",
+        device="cpu",
+    )
+
+    def student():
+        torch.manual_seed(1)
+        return SmallCNN(6)
+
+    straight = api.trainer(student(), tiny_data, out=tmp_path / "a", **common)
+    straight.fit()
+    interrupted = api.trainer(student(), tiny_data, out=tmp_path / "b", **common)
+    interrupted.fit(until_epoch=1)
+    resumed = api.trainer(SmallCNN(6), tiny_data, out=tmp_path / "b", resume=True, **common)
+    resumed.fit()
+    a, b = straight.methods.state_dict(), resumed.methods.state_dict()
+    assert a["methods.crd.memory.student_bank"].shape[0] == len(tiny_data.train.labels)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa, sb = straight.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---- CRD's memory banks: two data-parallel ranks -------------------------------------------------
+#: Bank rows each rank updates at each step; the ranks' batches differ in size on purpose.
+RANK_ROWS = {0: [[0, 1, 2], [3]], 1: [[8, 9], [10, 11, 12]]}
+GLOO_N, GLOO_DIM = 16, 4
+
+
+def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        torch.manual_seed(100 + rank)  # each rank draws other initial banks
+        memory = ContrastMemory(GLOO_N, GLOO_DIM, negatives=5)
+        initial = {k: v.clone() for k, v in memory.state_dict().items()}
+        sent = []
+        for step_rows in RANK_ROWS[rank]:
+            indices = torch.tensor(step_rows)
+            labels = indices % 3
+            v_s = F.normalize(torch.randn(len(step_rows), GLOO_DIM), dim=1)
+            v_t = F.normalize(torch.randn(len(step_rows), GLOO_DIM), dim=1)
+            p_s, p_t = memory(v_s, v_t, indices, labels)
+            (losses.nce_loss(p_s, GLOO_N) + losses.nce_loss(p_t, GLOO_N)).item()
+            sent.append((indices, v_s, v_t))
+        torch.save(
+            {"initial": initial, "final": memory.state_dict(), "sent": sent},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+def test_crd_banks_agree_across_two_gloo_ranks(tmp_path):
+    mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    final0, final1 = ranks[0]["final"], ranks[1]["final"]
+    for key in final0:
+        assert torch.equal(final0[key], final1[key]), f"{key} differs between the ranks"
+
+    # both ranks' updates are in it: rank 0's initial banks, then every step's rows of both
+    expected = {k: v.clone() for k, v in ranks[0]["initial"].items()}
+    for step in range(2):
+        for rank in range(2):
+            indices, v_s, v_t = ranks[rank]["sent"][step]
+            for bank, v in (("student_bank", v_s), ("teacher_bank", v_t)):
+                rows = 0.5 * expected[bank][indices] + 0.5 * v
+                expected[bank][indices] = rows / rows.norm(dim=1, keepdim=True)
+            expected["labels"][indices] = indices % 3
+    for key in ("student_bank", "teacher_bank", "labels"):
+        torch.testing.assert_close(final0[key], expected[key])
+    touched = sorted(i for rows in RANK_ROWS.values() for step in rows for i in step)
+    untouched = [i for i in range(GLOO_N) if i not in touched]
+    assert torch.equal(
+        final0["student_bank"][untouched], ranks[0]["initial"]["student_bank"][untouched]
+    )
+    assert not torch.equal(ranks[0]["initial"]["student_bank"], ranks[1]["initial"]["student_bank"])
+    assert (final0["z"] > 0).all()
+
+
+# ---- recipes -----------------------------------------------------------------------------------
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "baselines"
+TABLE1_PAIRS = [
+    ("wrn_40_2", "wrn_16_2"),
+    ("resnet110", "resnet20"),
+    ("vgg13", "vgg8"),
+    ("vgg13", "mobilenetv2"),
+    ("resnet32x4", "shufflenetv2"),
+]
+RECIPE_KEYS = {
+    "data", "teacher", "student", "method", "epochs", "batch_size", "lr", "schedule",
+    "weight_decay", "momentum", "options", "weights", "paper",
+}  # fmt: skip
+
+
+def test_every_baseline_has_a_recipe_for_every_table1_pair():
+    from mhkd import models
+    from mhkd.methods.base import split_options
+    from mhkd.recipes import read_recipe
+
+    found = {}
+    for path in sorted(RECIPES.glob("*.yaml")):
+        recipe = read_recipe(path)
+        assert set(recipe) == RECIPE_KEYS, path.name
+        assert recipe["data"] == "cifar100" and recipe["epochs"] == 240
+        assert recipe["batch_size"] == 64 and recipe["momentum"] == 0.9
+        assert recipe["weight_decay"] == 5e-4
+        assert recipe["schedule"] == {
+            "kind": "multistep",
+            "milestones": [150, 180, 210],
+            "gamma": 0.1,
+        }
+        small = recipe["student"] in ("mobilenetv2", "shufflenetv2")
+        assert recipe["lr"] == (0.01 if small else 0.05), path.name
+        assert {recipe["teacher"], recipe["student"]} <= set(models.available())
+        split_options(recipe["method"], recipe["options"])  # every option reaches a method
+        top1 = recipe["paper"]["top1"]
+        assert top1 is None or 55 < top1 < 80, path.name
+        assert recipe["paper"]["source"]
+        found[(recipe["method"], recipe["teacher"], recipe["student"])] = top1
+    methods = (*BASELINES, "crd+mhkd")
+    assert set(found) == {(m, t, s) for m in methods for t, s in TABLE1_PAIRS}
+    assert found[("fitnet", "wrn_40_2", "wrn_16_2")] == 75.12
+    assert found[("crd", "resnet32x4", "shufflenetv2")] == 76.05
+    assert found[("crd+mhkd", "vgg13", "mobilenetv2")] == 70.21
+    assert found[("at", "vgg13", "mobilenetv2")] == 59.40
