@@ -75,7 +75,7 @@ def test_user_models_example_distills_and_exports(tmp_path, tiny_data):
     example = load_example()
     small_heads = {"mhkd": {"head_width": 16, "head_fcs": 1}}
     for method in ("kd", "mhkd"):
-        summary = example.distill_and_export(tiny_data, method, epochs=1, out=tmp_path,
+        summary = example.distill_and_export(tiny_data, method, epochs=1, out=tmp_path / method,
                                              options=small_heads, **FAST)  # fmt: skip
         assert summary["method"] == method and summary["student"] == "Student"
         assert summary["teacher"] == "Teacher" and summary["params"] < summary["teacher_params"]

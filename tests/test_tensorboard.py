@@ -34,6 +34,7 @@ def test_every_epoch_field_is_logged_and_readable(tmp_path: Path, tiny_data):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected_tags = {
         "loss/ce", "loss/kd", "lr", "accuracy/train", "accuracy/test", "speed/images_per_s",
+        "speed/train_seconds",
     }  # fmt: skip
     assert set(logged) == expected_tags
     for record in records:

@@ -2,7 +2,8 @@
 
 Every numeric field of an epoch record becomes a scalar at step ``epoch + 1`` (the epoch number
 the trainer prints): ``loss/<term>``, ``lr``, ``accuracy/train``, ``accuracy/test``,
-``speed/images_per_s``, and a method's scheduled values under ``method/<name>``.
+``speed/images_per_s``, ``speed/train_seconds``, and a method's scheduled values under
+``method/<name>``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ TAGS = {
     "train_acc": "accuracy/train",
     "test_acc": "accuracy/test",
     "images_per_s": "speed/images_per_s",
+    "train_seconds": "speed/train_seconds",
 }
 
 
