@@ -41,7 +41,10 @@ def tiny_data() -> data.DataSplits:
     return data.load("synthetic", num_train=256, num_test=128, num_classes=4, image_size=16)
 
 
+#: Training settings for tiny, deterministic CPU runs.
+FAST = {"batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32", "device": "cpu"}
+
+
 @pytest.fixture
 def fast() -> dict:
-    """Training settings for tiny, deterministic CPU runs."""
-    return {"batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32", "device": "cpu"}
+    return dict(FAST)

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from tiny_runs import FAST, one_thread  # noqa: F401  (autouse fixture)
+from conftest import FAST
 
 import mhkd.data
 from mhkd.cli import build_parser, main

@@ -11,7 +11,6 @@ import onnxruntime
 import pytest
 import torch
 from conftest import TinyNet
-from tiny_runs import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from mhkd import checkpoint, export, models

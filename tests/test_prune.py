@@ -31,15 +31,6 @@ from mhkd.prune import (
 from mhkd.prune.run import TeacherLadder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convs on a shared 2-core machine run faster, and steadier, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine terms, so a zero channel would not stay zero."""
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from tiny_runs import FAST, one_thread  # noqa: F401  (autouse fixture)
+from conftest import FAST
 
 from mhkd import api, data
 from mhkd.cli import main

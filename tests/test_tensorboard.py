@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FAST
 from tensorboard.backend.event_processing import event_accumulator
-from tiny_runs import FAST, one_thread  # noqa: F401  (autouse fixture)
 
 from mhkd import api
 from mhkd.tensorboard import TensorBoardLogger, tag
