@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_results  # noqa: E402
+from common import machine, mhkd_runner, write_results  # noqa: E402
 
 from mhkd import hardware, models  # noqa: E402
 from mhkd.data.base import DataSplits, ImageSet  # noqa: E402
@@ -59,22 +59,6 @@ def build(method: str, splits: DataSplits, batch: int, precision: str, device) -
         ),
         teacher=models.create(PAIR[0], num_classes=100),
     )
-
-
-def mhkd_step(trainer: Trainer):
-    """One iteration of mhkd's own loop: the next batch from its loader, then its train step."""
-    batches = iter(())
-
-    def step():
-        nonlocal batches
-        batch = next(batches, None)
-        if batch is None:
-            trainer.train_loader.set_epoch(0)
-            batches = iter(trainer.train_loader)
-            batch = next(batches)
-        trainer.train_step(batch)
-
-    return step
 
 
 def interleaved(runners: dict, repeats: int) -> dict[str, tuple[float, float]]:
@@ -112,7 +96,7 @@ def probe(method: str, batch: int, precision: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     trainer = build(method, cifar100_shaped(NUM_TRAIN), batch, precision, device)
-    step = mhkd_step(trainer)
+    step = mhkd_runner(trainer)
     for _ in range(3):
         step()
     state = sum(b.numel() * b.element_size() for b in trainer.methods.buffers())
@@ -200,7 +184,7 @@ def main() -> None:
     crd_built = None
     for precision in precisions:
         built = {m: build(m, splits, args.batch, precision, device) for m in methods}
-        medians = interleaved({m: mhkd_step(t) for m, t in built.items()}, args.steps)
+        medians = interleaved({m: mhkd_runner(t) for m, t in built.items()}, args.steps)
         lines += ["", f"**{precision}**", "", *table(methods, medians, built, args.batch)]
         crd_built = built.get("crd", crd_built)
         del built

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved_medians, machine, write_results  # noqa: E402
+from common import interleaved_medians, machine, mhkd_runner, write_results  # noqa: E402
 
 from mhkd import data, hardware, losses, models  # noqa: E402
 from mhkd.train import TrainConfig, Trainer  # noqa: E402
@@ -69,22 +69,6 @@ def models_runner(student, teacher, x, y, precision, device):
                     teacher(x)
             loss = F.cross_entropy(student(x).float(), y)
         loss.backward()
-
-    return step
-
-
-def mhkd_runner(trainer: Trainer):
-    """One iteration of mhkd's own loop: the next batch from its loader, then its train step."""
-    batches = iter(())
-
-    def step():
-        nonlocal batches
-        batch = next(batches, None)
-        if batch is None:
-            trainer.train_loader.set_epoch(0)
-            batches = iter(trainer.train_loader)
-            batch = next(batches)
-        trainer.train_step(batch)
 
     return step
 

@@ -68,3 +68,19 @@ def write_results(lines: list[str], out: Path | None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+
+
+def mhkd_runner(trainer) -> Callable[[], None]:
+    """One iteration of mhkd's own loop: the next batch from its loader, then its train step."""
+    batches = iter(())
+
+    def step() -> None:
+        nonlocal batches
+        batch = next(batches, None)
+        if batch is None:
+            trainer.train_loader.set_epoch(0)
+            batches = iter(trainer.train_loader)
+            batch = next(batches)
+        trainer.train_step(batch)
+
+    return step
