@@ -79,10 +79,11 @@ def main() -> None:
                 results.setdefault(label, []).append(
                     (s["test_acc"], s["best_test_acc"], s.get("seconds", 0.0))
                 )
-                heads = s.get("teacher_head_prefit_train_acc")
+                head_acc = s.get("teacher_head_prefit_train_acc")
                 print(f"{label} seed {seed}: last {s['test_acc']:.2f} best "
                       f"{s['best_test_acc']:.2f} ({s.get('seconds', 0):.0f} s)"
-                      + (f", teacher heads' train accuracy {heads}" if heads else ""), flush=True)
+                      + (f", teacher heads' train accuracy {head_acc}" if head_acc else ""),
+                      flush=True)
 
     lines = [
         f"# MHKD on scikit-learn digits: {args.teacher} → {args.student}",
