@@ -193,3 +193,13 @@ def test_auto_proxy_run_then_reuse_its_checkpoint(tmp_path, fast):
     other = api.distill(None, "resnet8", tiny_data, method="infoflow", out=tmp_path / "reuse",
                         epochs=1, options={"infoflow": {"aux": str(proxy_ckpt)}}, **fast)
     assert other["infoflow_aux"] == "checkpoint" and not (tmp_path / "reuse" / "aux").exists()
+
+
+def test_kernels_stay_in_float32_under_bf16_autocast():
+    """Distances from ‖a‖² + ‖b‖² − 2aᵀb cancel catastrophically if the product runs in bf16."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(16, 64) + 3.0, torch.randn(16, 32) + 3.0
+    exact = losses.information_flow_pair(student, teacher)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = losses.information_flow_pair(student, teacher)
+    torch.testing.assert_close(under_autocast, exact, rtol=1e-5, atol=1e-7)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mhkd.losses._common import float32_math
+
 #: Added under the square root of squared distances, and to norms (the reference code's 1e-6).
 EPS = 1e-6
 
@@ -80,6 +82,7 @@ def _kernels(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return _cosine(gram, sq_norms, eps), _student_t(gram, sq_norms, eps)
 
 
+@float32_math
 def information_flow_pair(
     student: Tensor, teacher: Tensor, diagonal: bool = True, eps: float = EPS
 ) -> Tensor:
