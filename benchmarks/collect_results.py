@@ -34,8 +34,9 @@ PREAMBLE = """# Results
 
 Every table below is written by the command it names (seeds included) and collected here by
 `python benchmarks/collect_results.py`. Machine for all figures: the project's CPU machine,
-2 cores of an Intel Xeon with AMX (bf16 matrix units), 24 GiB, torch 2.13 CPU build. Several
-were taken while other jobs shared the 2 cores; each file says so where it matters.
+2 cores of an Intel Xeon with AMX (bf16 matrix units), 24 GiB, torch 2.13 CPU build. Most were
+taken on one thread (`OMP_NUM_THREADS=1`) while another job used the second core, so absolute
+images/s are one core's; the ratios compare runners timed side by side in the same process.
 
 **GPU:** no GPU was lent to the session that produced these figures, so there are no GPU
 figures yet. `benchmarks/bench_speed.py` runs unchanged on a CUDA machine (data resident on the
