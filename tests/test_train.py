@@ -111,6 +111,8 @@ def test_weighted_sum_and_unknown_terms():
     assert weighted_sum(terms, {"ce": 0.1, "kd": 0.9}).item() == pytest.approx(2.9)
     with pytest.raises(ValueError, match="no weight for loss term"):
         weighted_sum(terms, {"ce": 1.0})
+    with pytest.raises(ValueError, match="nothing to train"):
+        weighted_sum(terms, {"ce": 0.0, "kd": 0.0})
 
 
 def test_config_rejects_nonsense():

@@ -321,7 +321,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from mhkd import api, checkpoint, hardware
     from mhkd.data import make_loaders
-    from mhkd.train import _check_classes, evaluate
+    from mhkd.train import check_classes, evaluate
 
     state = checkpoint.load(args.checkpoint)
     model = checkpoint.build_model(state, args.checkpoint)
@@ -329,7 +329,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if not data_name:
         raise ValueError("the checkpoint does not say its data set; pass --data")
     splits = api.load_data(data_name, args.data_dir)
-    _check_classes(model, splits.num_classes, "checkpoint's model")
+    check_classes(model, splits.num_classes, "checkpoint's model")
     device = torch.device(args.device) if args.device else hardware.default_device()
     _, test_loader = make_loaders(
         splits, args.batch_size, device=device, eval_batch_size=args.batch_size
@@ -361,9 +361,36 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
-    from mhkd.recipes import run_recipe
+    """A recipe's values, overridden by every training flag or method flag that was given."""
+    from mhkd import api, recipes
 
-    summary, out = run_recipe(args)
+    recipe = recipes.read_recipe(args.file)
+    recipes.check_teacher(recipe, args.file, args.teacher)
+    method = recipe.get("method", "ce")
+    config = {**recipes.recipe_config(recipe), **training_kwargs(args)}
+    if args.schedule and not args.milestones:  # another schedule: not the recipe's milestones
+        config.pop("milestones", None)
+    options: dict[str, dict[str, Any]] = {}
+    if method != "ce":
+        options = split_options(method, recipe.get("options") or {})
+        for name, flags in method_options(method, args).items():
+            options.setdefault(name, {}).update(flags)
+    out = args.out or f"runs/{Path(args.file).stem}-seed{config.get('seed', 0)}"
+    summary = api.trainer(
+        recipe["student"],
+        args.data or recipe["data"],
+        teacher=args.teacher if method != "ce" else None,
+        method=method,
+        out=out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        teacher_layers=args.teacher_layers,
+        student_layers=args.student_layers,
+        options=options,
+        weights={**(recipe.get("weights") or {}), **parse_weights(args.weight)},
+        extra_config={"recipe": str(args.file), "paper": recipe.get("paper")},
+        **config,
+    ).fit()
     _print_result(summary, out)
     return 0
 

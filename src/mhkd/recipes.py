@@ -8,14 +8,12 @@ Keys: ``data``, ``teacher`` (zoo name; its checkpoint comes from ``--teacher``),
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mhkd import api, checkpoint
-from mhkd.methods.base import split_options
+from mhkd import checkpoint
 
 KNOWN_KEYS = {
     "data", "teacher", "student", "method", "epochs", "batch_size", "lr", "momentum",
@@ -23,29 +21,34 @@ KNOWN_KEYS = {
 }  # fmt: skip
 
 
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Parse and check a recipe file (unknown keys are errors, not silently ignored)."""
+def read_yaml_recipe(
+    path: str | Path, known: set[str], required: tuple[str, ...] = (), kind: str = "recipe"
+) -> dict[str, Any]:
+    """Parse a recipe file; a key outside ``known`` is an error, not silently ignored."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"recipe not found: {path}")
+        raise ValueError(f"{kind} not found: {path}")
     try:
-        recipe = yaml.safe_load(path.read_text())
+        recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(recipe, dict) or "student" not in recipe or "data" not in recipe:
-        raise ValueError(f"{path} is not a recipe (it needs at least 'data' and 'student')")
-    unknown = sorted(set(recipe) - KNOWN_KEYS)
+    if not isinstance(recipe, dict) or any(key not in recipe for key in required):
+        raise ValueError(f"{path} is not a {kind} (it needs at least {', '.join(required)})")
+    unknown = sorted(set(recipe) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown recipe key(s) {', '.join(unknown)}")
+        raise ValueError(f"{path}: unknown {kind} key(s) {', '.join(unknown)}")
     return recipe
 
 
-def run_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """Run the recipe in ``args.file``; explicit command-line options override its values."""
-    recipe = read_recipe(args.file)
-    method = recipe.get("method", "ce")
-    schedule = recipe.get("schedule", {})
-    config: dict[str, Any] = {
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A distillation or training recipe (see the module docstring for its keys)."""
+    return read_yaml_recipe(path, KNOWN_KEYS, ("data", "student"))
+
+
+def recipe_config(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's training settings as TrainConfig keywords (absent ones left out)."""
+    schedule = recipe.get("schedule") or {}
+    config = {
         "epochs": recipe.get("epochs"),
         "batch_size": recipe.get("batch_size"),
         "lr": recipe.get("lr"),
@@ -55,44 +58,18 @@ def run_recipe(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "milestones": schedule.get("milestones"),
         "gamma": schedule.get("gamma"),
     }
-    from mhkd.cli import method_options, parse_weights, training_kwargs
+    return {k: v for k, v in config.items() if v is not None}
 
-    config = {k: v for k, v in config.items() if v is not None}
-    config.update(training_kwargs(args))
-    if getattr(args, "schedule", None) and not getattr(args, "milestones", None):
-        config.pop("milestones", None)
 
-    teacher = None
-    if method != "ce":
-        if not args.teacher:
-            raise ValueError(
-                f"recipe {args.file} distills from a {recipe.get('teacher')}: pass "
-                "--teacher CKPT (train one with the teacher's recipe or mhkd train)"
-            )
-        teacher = args.teacher
-        arch = (checkpoint.load(teacher).get("arch") or {}).get("name")
-        if recipe.get("teacher") and arch and arch != recipe["teacher"]:
-            raise ValueError(f"recipe expects a {recipe['teacher']} teacher, {teacher} is a {arch}")
-
-    options = split_options(method, recipe.get("options") or {}) if method != "ce" else {}
-    for name, flags in (method_options(method, args) if method != "ce" else {}).items():
-        options.setdefault(name, {}).update(flags)
-    data = args.data or recipe["data"]
-    seed = config.get("seed", 0)
-    out = args.out or f"runs/{Path(args.file).stem}-seed{seed}"
-    summary = api.trainer(
-        recipe["student"],
-        data,
-        teacher=teacher,
-        method=method,
-        out=out,
-        data_dir=args.data_dir,
-        resume=args.resume,
-        teacher_layers=getattr(args, "teacher_layers", None),
-        student_layers=getattr(args, "student_layers", None),
-        options=options,
-        weights={**(recipe.get("weights") or {}), **parse_weights(args.weight)},
-        extra_config={"recipe": str(args.file), "paper": recipe.get("paper")},
-        **config,
-    ).fit()
-    return summary, out
+def check_teacher(recipe: dict[str, Any], path: str | Path, teacher: str | None) -> None:
+    """A distillation recipe needs a teacher checkpoint of the architecture it names."""
+    if recipe.get("method", "ce") == "ce":
+        return
+    if not teacher:
+        raise ValueError(
+            f"recipe {path} distills from a {recipe.get('teacher')}: pass --teacher CKPT "
+            "(train one with the teacher's recipe or mhkd train)"
+        )
+    arch = (checkpoint.load(teacher).get("arch") or {}).get("name")
+    if recipe.get("teacher") and arch and arch != recipe["teacher"]:
+        raise ValueError(f"recipe expects a {recipe['teacher']} teacher, {teacher} is a {arch}")

@@ -145,7 +145,10 @@ def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
     missing = sorted(set(terms) - set(weights))
     if missing:
         raise ValueError(f"no weight for loss term(s) {', '.join(missing)}")
-    return sum(weights[name] * value for name, value in terms.items() if weights[name] != 0)
+    weighted = [weights[name] * value for name, value in terms.items() if weights[name]]
+    if not weighted:
+        raise ValueError(f"every loss term ({', '.join(terms)}) has weight 0: nothing to train")
+    return sum(weighted[1:], weighted[0])
 
 
 class Trainer:
@@ -185,8 +188,8 @@ class Trainer:
         )
         self.extra_config = extra_config or {}
         if teacher is not None:
-            _check_classes(teacher, data.num_classes, "teacher")
-        _check_classes(student, data.num_classes, "student")
+            check_classes(teacher, data.num_classes, "teacher")
+        check_classes(student, data.num_classes, "student")
 
         set_seed(config.seed)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -360,14 +363,8 @@ class Trainer:
         self.seconds = state["seconds"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(_as_tuple(state["rng"]["python"]))
-        metrics = self._path("metrics.jsonl")
-        if self.writes and metrics.is_file():  # drop epochs logged after the checkpoint was written
-            kept = [
-                line
-                for line in metrics.read_text().splitlines()
-                if line and json.loads(line)["epoch"] < self.epoch
-            ]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if self.writes:
+            trim_metrics(self._path("metrics.jsonl"), self.epoch)
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
@@ -428,7 +425,7 @@ class Trainer:
             correct += (logits.argmax(1) == batch.labels).sum()
             seen += len(batch.labels)
             if step % CHECK_FINITE_EVERY == 0:
-                _check_finite(sums, epoch)
+                check_finite(sums, epoch)
                 if not bar.disable:
                     rate = seen / (time.perf_counter() - started)
                     bar.set_postfix(
@@ -436,7 +433,7 @@ class Trainer:
                         acc=f"{100 * correct.item() / seen:.1f}",
                         img_s=f"{rate:.0f}",
                     )
-        _check_finite(sums, epoch)
+        check_finite(sums, epoch)
         self.scheduler.step()
         elapsed = time.perf_counter() - started
         names = list(sums)
@@ -474,7 +471,6 @@ class Trainer:
         self.optimizer.step()
         return logits, terms, loss
 
-    @torch.inference_mode()
     def evaluate(self, loader: DeviceLoader) -> float:
         """Top-1 accuracy (%) of the student on ``loader``."""
         return evaluate(self.student, loader, self.device, self.precision)
@@ -561,7 +557,19 @@ def _deployable(state: dict[str, Any], test_acc: float) -> dict[str, Any]:
     return {**{k: state[k] for k in keep}, "test_acc": test_acc}
 
 
-def _check_finite(sums: dict[str, Tensor], epoch: int) -> None:
+def trim_metrics(path: Path, epoch: int) -> None:
+    """Drop the epochs logged after the checkpoint a resumed run starts from."""
+    if path.is_file():
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line and json.loads(line)["epoch"] < epoch
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def check_finite(sums: dict[str, Tensor], epoch: int) -> None:
+    """Stop the run, naming the loss term, once a term's running sum is NaN or infinite."""
     for name, value in sums.items():
         if not math.isfinite(float(value)):
             raise NonFiniteLossError(
@@ -570,7 +578,8 @@ def _check_finite(sums: dict[str, Tensor], epoch: int) -> None:
             )
 
 
-def _check_classes(model: nn.Module, num_classes: int, role: str) -> None:
+def check_classes(model: nn.Module, num_classes: int, role: str) -> None:
+    """Refuse a model whose classifier predicts another number of classes than the data has."""
     outputs = _output_classes(model)
     if outputs is not None and outputs != num_classes:
         raise ValueError(

@@ -268,7 +268,7 @@ class MHKD(Method):
         teacher.eval()
         with Taps(teacher, self.teacher_layers) as taps:
             for _ in range(self.prefit_epochs):
-                correct = torch.zeros(len(self.heads))
+                correct = torch.zeros(len(self.heads), device=params[0].device)
                 seen = 0
                 for batch in loader:
                     with torch.no_grad():
@@ -281,9 +281,7 @@ class MHKD(Method):
                     optimizer.zero_grad(set_to_none=True)
                     losses.heads_ce(logits, batch.labels).backward()
                     optimizer.step()
-                    correct += torch.stack(
-                        [(z.argmax(1) == batch.labels).sum().cpu() for z in logits]
-                    )
+                    correct += torch.stack([(z.argmax(1) == batch.labels).sum() for z in logits])
                     seen += len(batch.labels)
                 schedule.step()
         optimizer.zero_grad(set_to_none=True)

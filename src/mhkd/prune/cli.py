@@ -7,9 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mhkd.prune.run import PruneConfig
+from mhkd.recipes import read_yaml_recipe
 
 # flag -> (type, help); defaults come from a --recipe file, then from PruneConfig
 _OPTIONS: dict[str, tuple[Any, str]] = {
@@ -61,18 +60,7 @@ def add_prune_command(commands: argparse._SubParsersAction) -> argparse.Argument
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """A prune recipe: ``data`` plus PruneConfig fields; unknown keys are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"recipe not found: {path}")
-    try:
-        recipe = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    known = set(_DEFAULTS) | {"data", "paper", "notes"}
-    unknown = sorted(set(recipe) - known) if isinstance(recipe, dict) else ["(not a mapping)"]
-    if unknown:
-        raise ValueError(f"{path}: unknown prune recipe key(s) {', '.join(unknown)}")
-    return recipe
+    return read_yaml_recipe(path, set(_DEFAULTS) | {"data", "paper", "notes"}, kind="prune recipe")
 
 
 def _run_prune(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,16 @@ from mhkd.prune.export import export, latency_ms, resize
 from mhkd.prune.groups import ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, check_keep, magnitude_scores
 from mhkd.taps import Taps
-from mhkd.train import NonFiniteLossError, TrainConfig, Trainer, evaluate, set_seed, weighted_sum
+from mhkd.train import (
+    CHECK_FINITE_EVERY,
+    TrainConfig,
+    Trainer,
+    check_finite,
+    evaluate,
+    set_seed,
+    trim_metrics,
+    weighted_sum,
+)
 
 STAGE1 = "stage1"
 
@@ -289,13 +297,14 @@ class Pruning:
             score_optimizer.load_state_dict(state["score_optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             epoch = state["epoch"]
-            _trim_metrics(self._stage1("metrics.jsonl"), epoch)
+            if self._stage1("metrics.jsonl") is not None:
+                trim_metrics(self._stage1("metrics.jsonl"), epoch)
         while epoch < cfg.epochs:
             started = time.perf_counter()
             train_loader.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            sums: dict[str, float] = {}
-            for batch in train_loader:
+            sums: dict[str, torch.Tensor] = {}
+            for step, batch in enumerate(train_loader):
                 with hardware.autocast(self.device, self.precision):
                     with torch.no_grad():
                         teacher_logits = self.original(batch.images)
@@ -304,19 +313,17 @@ class Pruning:
                 if hint_layers:
                     terms["hint"] = hint_loss(cascade.hint_features(), teacher_taps.pop())
                 loss = weighted_sum(terms, weights)
-                if not math.isfinite(loss.item()):
-                    raise NonFiniteLossError(
-                        f"the cascade loss became {loss.item()} in stage-1 epoch {epoch + 1}; "
-                        "stopped, the last good checkpoint is kept"
-                    )
+                for name, value in terms.items():  # summed on the device: no sync per step
+                    sums[name] = sums.get(name, 0.0) + value.detach().float()
+                if step % CHECK_FINITE_EVERY == 0:
+                    check_finite(sums, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 score_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 cascade.cascade_score_grads()
                 optimizer.step()
                 score_optimizer.step()
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.item() / len(train_loader)
+            check_finite(sums, epoch)  # before anything of this epoch is saved
             scheduler.step()
             epoch += 1
             accuracies = [
@@ -326,7 +333,7 @@ class Pruning:
                 "stage": 1,
                 "epoch": epoch - 1,
                 "lr": lr,
-                **{f"loss_{k}": v for k, v in sums.items()},
+                **{f"loss_{k}": v.item() / len(train_loader) for k, v in sums.items()},
                 "test_acc": accuracies[0],
                 "test_acc_models": accuracies,
                 "seconds": time.perf_counter() - started,
@@ -451,14 +458,3 @@ def _exported_state(net: nn.Module, splits: DataSplits) -> dict[str, Any]:
         "data": splits.name,
         "num_classes": splits.num_classes,
     }
-
-
-def _trim_metrics(path: Path | None, epoch: int) -> None:
-    """Drop epochs logged after the checkpoint a resume starts from."""
-    if path is not None and path.is_file():
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line and json.loads(line)["epoch"] < epoch
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
