@@ -12,27 +12,24 @@ How the paper's objective maps onto the loss terms the trainer weights and sums:
     terms:  "mhkd" (weight 1, β inside)     +  0.9·"kd" + 0.1·"ce"     (+ "mhkd_teacher_ce")
 
 The final-logit part is the companion ``kd`` method, whose weights 0.9/0.1 equal the paper's
-α = 0.9; changing ``alpha`` here changes the heads only (use ``--weight kd=…`` and
-``--weight ce=…`` for the final logits). ``temperature`` reaches both methods from the CLI.
+α = 0.9; changing ``--mhkd.alpha`` changes the heads only (use ``--weight kd=…`` and
+``--weight ce=…`` for the final logits), and ``--mhkd.temperature`` the heads' τ only
+(``--kd.temperature`` is the final logits').
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.heads import AuxHead
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
 from mhkd.taps import Taps
 
 HEAD_MODES = ("joint", "prefit")
@@ -54,11 +51,39 @@ def parse_heads(value: int | str | Sequence[int] | None) -> tuple[int, ...] | No
     return tuple(int(v) for v in value)
 
 
-def _cli_heads(value: str) -> tuple[int, ...] | None:
-    try:
-        return parse_heads(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+@dataclass
+class MHKDOptions:
+    heads: list[int] | None = option(
+        None, "heads to use by stage position, e.g. 1 or 2,3 (default: all for mhkd, 1 for ohkd)"
+    )
+    temperature: float = option(4.0, "softmax temperature τ of the heads")
+    alpha: float = option(0.9, "KL share of each head's loss")
+    beta: float = option(0.5, "weight of the heads' sum (5 on SVHN)")
+    head_stages: int = option(3, "heads on the first N stages of zoo models")
+    head_mode: str = option(
+        "joint",
+        "train the teacher heads alongside the student (joint) or fit them first on the "
+        "frozen teacher (prefit)",
+    )
+    head_convs: int = option(2, "3x3 conv layers per head, N_c")
+    head_fcs: int = option(2, "fully connected layers per head, N_f")
+    head_width: int = option(256, "conv kernels and hidden units per head")
+    prefit_epochs: int = option(5, "epochs of teacher-head fitting in prefit mode")
+    prefit_lr: float = option(0.05, "learning rate of teacher-head fitting")
+
+    def __post_init__(self) -> None:
+        if self.head_mode not in HEAD_MODES:
+            raise ValueError(f"unknown head mode {self.head_mode!r}; choose joint or prefit")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.beta < 0:
+            raise ValueError(
+                f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
+                f"{self.temperature}, {self.alpha}, {self.beta}"
+            )
+
+
+@dataclass
+class OHKDOptions(MHKDOptions):
+    heads: list[int] | None = option([1], "the one head to use, by stage position")
 
 
 def _head_input(feature: Tensor) -> Tensor:
@@ -120,34 +145,15 @@ class MHKD(Method):
     """
 
     name = "mhkd"
-    weights = {"mhkd": 1.0, "mhkd_teacher_ce": 1.0}
+    Options = MHKDOptions
     companions = ("kd",)
-    #: Heads used when ``heads`` is not given (``None``: all of them).
-    default_heads: ClassVar[tuple[int, ...] | None] = None
+    ce_weight = 0.1  # the companion KD's split
+    weights = {"mhkd": 1.0, "mhkd_teacher_ce": 1.0}
 
-    def __init__(
-        self,
-        ctx: MethodContext,
-        heads: int | str | Sequence[int] | None = None,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        beta: float = 0.5,
-        head_stages: int = 3,
-        head_mode: str = "joint",
-        head_convs: int = 2,
-        head_fcs: int = 2,
-        head_width: int = 256,
-        prefit_epochs: int = 5,
-        prefit_lr: float = 0.05,
-    ):
-        super().__init__(ctx)
-        if head_mode not in HEAD_MODES:
-            raise ValueError(f"unknown head mode {head_mode!r}; choose joint or prefit")
-        if temperature <= 0 or not 0 <= alpha <= 1 or beta < 0:
-            raise ValueError(
-                f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
-                f"{temperature}, {alpha}, {beta}"
-            )
+    def __init__(self, ctx: MethodContext, options: MHKDOptions):
+        super().__init__(TeacherUse.FEATURES)
+        o = options
+        head_stages, head_mode = o.head_stages, o.head_mode
         if ctx.teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
         teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, head_stages, "teacher")
@@ -158,16 +164,16 @@ class MHKD(Method):
                 f"{len(teacher_layers)} teacher layers ({', '.join(teacher_layers)}) and "
                 f"{len(student_layers)} student layers ({', '.join(student_layers)})"
             )
-        chosen = parse_heads(heads) or self.default_heads or range(1, len(teacher_layers) + 1)
+        chosen = parse_heads(o.heads) or range(1, len(teacher_layers) + 1)
         self.heads = tuple(chosen)
         self._check_heads(len(teacher_layers))
         self.teacher_layers = [teacher_layers[j - 1] for j in self.heads]
         self.student_layers = [student_layers[j - 1] for j in self.heads]
 
-        self.temperature, self.alpha, self.beta = temperature, alpha, beta
+        self.temperature, self.alpha, self.beta = o.temperature, o.alpha, o.beta
         self.head_mode = head_mode
-        self.prefit_epochs, self.prefit_lr = prefit_epochs, prefit_lr
-        size = (ctx.num_classes, head_convs, head_fcs, head_width)
+        self.prefit_epochs, self.prefit_lr = o.prefit_epochs, o.prefit_lr
+        size = (ctx.num_classes, o.head_convs, o.head_fcs, o.head_width)
         self.student_heads = _heads_for(
             ctx.student_shapes(self.student_layers), self.student_layers, "student", *size
         )
@@ -179,11 +185,6 @@ class MHKD(Method):
             # The teacher's outputs the method reads are then its logits and these fixed
             # heads' logits, which a teacher-output cache could store per sample.
             self.teacher_heads.requires_grad_(False)
-            self.teacher_inputs = "logits+heads"
-        # Plain attributes, not submodules: kept for measuring the heads' step overhead.
-        self._models = (ctx.student, ctx.teacher)
-        # The last training batch and its autocast dtype, for summary()'s overhead probe.
-        self._probe: tuple[Batch, torch.dtype | None] | None = None
         self.prefit_acc: list[float] = []
 
     def _check_heads(self, available: int) -> None:
@@ -193,34 +194,6 @@ class MHKD(Method):
                 f"heads must be distinct numbers from 1 to {available} (one per stage), "
                 f"got {','.join(map(str, self.heads))}"
             )
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """MHKD's command-line flags; absent flags leave the constructor defaults."""
-        keep = argparse.SUPPRESS
-        parser.add_argument("--heads", type=_cli_heads, default=keep,
-                            help="heads to use by stage position, e.g. 1 or 2,3 (default: all "
-                            "for mhkd, 1 for ohkd)")
-        parser.add_argument("--head-mode", choices=HEAD_MODES, default=keep,
-                            help="train the teacher heads alongside the student (joint, default) "
-                            "or fit them first on the frozen teacher (prefit)")
-        parser.add_argument("--temperature", type=float, default=keep, help="τ (default 4)")
-        parser.add_argument("--alpha", type=float, default=keep,
-                            help="KL share of each head's loss (default 0.9)")
-        parser.add_argument("--beta", type=float, default=keep,
-                            help="weight of the heads' sum (default 0.5; 5 on SVHN)")
-        parser.add_argument("--head-stages", type=int, default=keep,
-                            help="heads on the first N stages of zoo models (default 3)")
-        parser.add_argument("--head-convs", type=int, default=keep,
-                            help="3x3 conv layers per head, N_c (default 2)")
-        parser.add_argument("--head-fcs", type=int, default=keep,
-                            help="fully connected layers per head, N_f (default 2)")
-        parser.add_argument("--head-width", type=int, default=keep,
-                            help="conv kernels and hidden units per head (default 256)")
-        parser.add_argument("--prefit-epochs", type=int, default=keep,
-                            help="epochs of teacher-head fitting in prefit mode (default 5)")
-        parser.add_argument("--prefit-lr", type=float, default=keep,
-                            help="learning rate of teacher-head fitting (default 0.05)")
 
     def train(self, mode: bool = True) -> MHKD:
         super().train(mode)
@@ -239,9 +212,6 @@ class MHKD(Method):
     ) -> dict[str, Tensor]:
         if teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
-        device = batch.images.device.type
-        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        self._probe = (batch, autocast)
         teacher_logits = self.teacher_head_logits(teacher.features)
         student_logits = [
             head(student.features[name])
@@ -249,8 +219,12 @@ class MHKD(Method):
         ]
         terms = {
             self.name: losses.multi_head_kd(
-                student_logits, teacher_logits, batch.labels,
-                self.temperature, self.alpha, self.beta,
+                student_logits,
+                teacher_logits,
+                batch.labels,
+                self.temperature,
+                self.alpha,
+                self.beta,
             )
         }
         if self.head_mode == "joint":
@@ -299,57 +273,7 @@ class MHKD(Method):
         }
         if self.prefit_acc:
             extra["teacher_head_prefit_train_acc"] = self.prefit_acc
-        if self._probe is not None:
-            extra["head_step_overhead"] = round(self.step_overhead(*self._probe), 3)
         return extra
-
-    def step_overhead(
-        self, batch: Batch, autocast: torch.dtype | None = None, repeats: int = 3
-    ) -> float:
-        """Time of a forward+backward step with the heads over one with Hinton KD alone.
-
-        Measured on ``batch`` (under ``autocast`` to that dtype when given, as in training),
-        median of ``repeats`` alternating runs after a warm-up; BatchNorm statistics are
-        restored afterwards and no ``.grad`` is touched, so training is unaffected.
-        """
-        student, teacher = self._models
-        device = batch.images.device.type
-        modules = [student, self]
-        saved = [b.detach().clone() for m in modules for b in m.buffers()]
-        params = [p for m in modules for p in m.parameters() if p.requires_grad]
-
-        def step(with_heads: bool) -> float:
-            started = time.perf_counter()
-            precision = torch.autocast(device, autocast) if autocast else nullcontext()
-            with precision:
-                loss = loss_of_step(with_heads)
-            torch.autograd.grad(loss, params, allow_unused=True)
-            return time.perf_counter() - started
-
-        def loss_of_step(with_heads: bool) -> Tensor:
-            with torch.no_grad():
-                teacher_out = ModelOutput(teacher(batch.images), teacher_taps.pop())
-            student_out = ModelOutput(student(batch.images), student_taps.pop())
-            loss = F.cross_entropy(student_out.logits.float(), batch.labels) + losses.kd(
-                student_out.logits, teacher_out.logits, self.temperature
-            )
-            if with_heads:
-                loss = loss + sum(self(student_out, teacher_out, batch).values())
-            return loss
-
-        with Taps(student, self.student_layers) as student_taps, Taps(
-            teacher, self.teacher_layers
-        ) as teacher_taps:
-            times: dict[bool, list[float]] = {True: [], False: []}
-            for i in range(repeats + 1):
-                for with_heads in (False, True):
-                    elapsed = step(with_heads)
-                    if i:
-                        times[with_heads].append(elapsed)
-        with torch.no_grad():
-            for b, value in zip((b for m in modules for b in m.buffers()), saved, strict=True):
-                b.copy_(value)
-        return statistics.median(times[True]) / statistics.median(times[False])
 
 
 @register
@@ -357,8 +281,8 @@ class OHKD(MHKD):
     """One-head KD: a single auxiliary head pair (head 1 unless ``heads`` says otherwise)."""
 
     name = "ohkd"
+    Options = OHKDOptions
     weights = {"ohkd": 1.0, "ohkd_teacher_ce": 1.0}
-    default_heads = (1,)
 
     def _check_heads(self, available: int) -> None:
         if len(self.heads) != 1:
