@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from mhkd.methods.base import expand, method_class
+from mhkd.methods.base import expand, method_class, option
 
 #: The CIFAR recipes decay the learning rate at epochs 150, 180 and 210 of 240.
 PAPER_MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
@@ -36,14 +36,6 @@ PAPER_MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
-
-
-def option(default: Any = None, help: str = "", flag: str | None = None, **kwargs: Any) -> Any:
-    """A dataclass field with its command-line help (and flag name when not the field's)."""
-    metadata = {"help": help, "flag": flag}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
 
 
 # ---- the sections -----------------------------------------------------------------------------
@@ -229,10 +221,7 @@ def resolve_options(spec: str, given: dict[str, Any]) -> dict[str, Any]:
 
 # ---- dicts and YAML ---------------------------------------------------------------------------
 def _hints(cls: type) -> dict[str, Any]:
-    import mhkd.config as here
-
-    return typing.get_type_hints(cls, globalns={**vars(here), **vars(__import__(cls.__module__,
-                                 fromlist=["_"]))})
+    return typing.get_type_hints(cls)
 
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:
@@ -292,8 +281,9 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     return value  # Any
 
 
-def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``values``, strictly: unknown keys and bad types are errors."""
+def from_dict(cls: type, values: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from ``values`` (over the instance ``base`` when given),
+    strictly: unknown keys and bad types are errors."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or cls.__name__} must be a mapping, got {values!r}")
     hints = _hints(cls)
@@ -305,18 +295,20 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
             f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
             f"{where or cls.__name__} takes {', '.join(sorted(names))}"
         )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
-        section = SECTIONS.get(name) if cls is RunConfig else None
-        if section is not None:
-            kwargs[name] = from_dict(section, value or {}, key)
-        elif cls is RunConfig and name == "options":
+        if dataclasses.is_dataclass(hints[name]):
+            f = fields[name]
+            base = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            kwargs[name] = from_dict(hints[name], value or {}, key, base)
+        elif issubclass(cls, RunConfig) and name == "options":
             kwargs[name] = value or {}
         else:
             kwargs[name] = _coerce(hints[name], value, key)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
@@ -397,19 +389,25 @@ def add_flags(
     sections: tuple[str, ...] = tuple(SECTIONS),
     renames: dict[str, str] | None = None,
     methods: bool = True,
+    skip: tuple[str, ...] = (),
+    section_types: dict[str, type] | None = None,
 ) -> None:
     """One flag per field of ``sections`` (flat names) and, with ``methods``, per method option.
 
-    ``renames`` maps ``section.field`` to another flag name (``models.student`` -> ``model``).
+    ``renames`` maps ``section.field`` to another flag name (``models.student`` -> ``model``);
+    ``skip`` leaves fields out; ``section_types`` adds sections of other configurations.
     """
     renames = renames or {}
+    types_by_name = {**SECTIONS, **(section_types or {})}
     seen: dict[str, str] = {}
     for section in sections:
-        cls = SECTIONS[section]
+        cls = types_by_name[section]
         group = parser.add_argument_group(section, (cls.__doc__ or "").splitlines()[0])
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             dest = f"{section}.{f.name}"
+            if dest in skip:
+                continue
             flag = renames.get(dest, _flag(f))
             if flag in seen:
                 raise RuntimeError(f"flag --{flag} of {dest} clashes with {seen[flag]}")
@@ -466,9 +464,54 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return tree
 
 
-def build(tree: dict[str, Any], where: str = "") -> RunConfig:
-    """A :class:`RunConfig` from a (possibly partial) tree; ``where`` prefixes errors."""
+def flat_names() -> dict[str, str]:
+    """Each core field's flat name (its flag, ``_`` for ``-``) -> its ``section.field`` path.
+
+    The Python API takes these as keywords (``epochs=``, ``data_dir=``, ``schedule=``), so it
+    and the CLI name every setting the same way.
+    """
+    names = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            names[_flag(f).replace("-", "_")] = f"{section}.{f.name}"
+    return names
+
+
+def from_keywords(**values: Any) -> dict[str, Any]:
+    """A partial tree from flat keywords (see :func:`flat_names`); unknown ones are errors."""
+    names = flat_names()
+    tree: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in ("method", "options", "weights"):
+            tree[key] = value
+            continue
+        if key not in names:
+            raise ConfigError(f"unknown setting {key!r}; settings are {', '.join(sorted(names))}")
+        section, leaf = names[key].split(".")
+        tree.setdefault(section, {})[leaf] = value
+    return tree
+
+
+def build(tree: dict[str, Any], where: str = "", cls: type = RunConfig) -> Any:
+    """A :class:`RunConfig` (or ``cls``) from a partial tree; ``where`` prefixes errors."""
     try:
-        return from_dict(RunConfig, tree)
+        return from_dict(cls, tree)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+# ---- recipes ----------------------------------------------------------------------------------
+#: Keys of a recipe that describe it rather than configure the run.
+RECIPE_NOTES = ("paper", "notes")
+
+
+def read_recipe(path: str | Path, cls: type = RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A recipe: (its configuration tree, its notes such as the paper's number).
+
+    The tree is checked by building a ``cls`` from it, so a bad key or value is refused
+    before any run.
+    """
+    tree = read_yaml(path)
+    notes = {key: tree.pop(key) for key in RECIPE_NOTES if key in tree}
+    build(tree, str(path), cls)
+    return tree, notes
