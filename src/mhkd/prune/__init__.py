@@ -13,7 +13,7 @@ from mhkd.prune.cascade import (
     cascade_score_grads,
     hint_loss,
 )
-from mhkd.prune.export import export, latency_ms, load_pruned, rebuild, resize
+from mhkd.prune.export import export, latency_ms
 from mhkd.prune.groups import ChannelGroup, ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, global_masks, magnitude_scores, ste_mask
 from mhkd.prune.run import PruneConfig, PruneResult, prune
@@ -35,11 +35,8 @@ __all__ = [
     "global_masks",
     "hint_loss",
     "latency_ms",
-    "load_pruned",
     "magnitude_scores",
     "prune",
-    "rebuild",
-    "resize",
     "ste_mask",
     "taylor_scores",
 ]
