@@ -24,7 +24,6 @@ from mhkd.prune import (
     find_layout,
     global_masks,
     hint_loss,
-    load_pruned,
     magnitude_scores,
     prune,
 )
@@ -267,7 +266,7 @@ def test_export_equals_the_masked_model_and_rebuilds_from_its_spec(name, tmp_pat
     assert count_params(small) < 0.6 * count_params(model)
     path = tmp_path / "pruned.pt"
     checkpoint.save({"arch": small.zoo_spec, "model": small.state_dict()}, path)
-    rebuilt = load_pruned(path).eval()
+    rebuilt = checkpoint.build_model(checkpoint.load(path), path).eval()
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), expected, atol=1e-4)
 
@@ -336,7 +335,8 @@ def test_cascade_run_exports_a_smaller_student_and_resumes(tiny_data, fast, tmp_
     assert [r["epoch"] for r in stage1] == [0, 1] and len(stage1[0]["test_acc_models"]) == 3
     for path in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / path).is_file()
-    best = load_pruned(out / "checkpoints/best.pt")
+    best_path = out / "checkpoints/best.pt"
+    best = checkpoint.build_model(checkpoint.load(best_path), best_path)
     assert count_params(best) == summary["params_after"]
 
     resumed = prune(teacher, tiny_data, keep=0.5, assistants=2, out=out, resume=True,

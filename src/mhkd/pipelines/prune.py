@@ -35,7 +35,7 @@ from mhkd.distill import input_shape
 from mhkd.loop import EpochLoop, StepOutput, evaluate, set_seed, weighted_sum
 from mhkd.methods.base import option
 from mhkd.models.complexity import profile
-from mhkd.models.resize import resize
+from mhkd.models import resize
 from mhkd.pipelines.training import TrainingRun, load_data, load_model, resolve_device
 from mhkd.prune.baselines import BASELINES, baseline_scores
 from mhkd.prune.cascade import Cascade, cascade_keeps, cascade_loss, hint_loss

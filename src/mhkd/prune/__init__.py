@@ -12,7 +12,7 @@ from mhkd.prune.cascade import (
     cascade_score_grads,
     hint_loss,
 )
-from mhkd.prune.export import export, latency_ms, load_pruned, rebuild, resize
+from mhkd.prune.export import export, latency_ms
 from mhkd.prune.groups import ChannelGroup, ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, global_masks, magnitude_scores, ste_mask
 
@@ -31,10 +31,7 @@ __all__ = [
     "global_masks",
     "hint_loss",
     "latency_ms",
-    "load_pruned",
     "magnitude_scores",
-    "rebuild",
-    "resize",
     "ste_mask",
     "taylor_scores",
 ]
