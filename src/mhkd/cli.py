@@ -211,9 +211,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from mhkd.loop import evaluate
     from mhkd.pipelines.training import check_classes, resolve_device
 
-    state = checkpoint.load(args.checkpoint)
-    model = checkpoint.build_model(state, args.checkpoint)
-    data_name = args.data or state.get("data")
+    model, meta = checkpoint.load_model(args.checkpoint, arch=args.arch)
+    data_name = args.data or meta.get("data")
     if not data_name:
         raise ValueError("the checkpoint does not say its data set; pass --data")
     options = {"image_size": args.image_size} if args.image_size else {}

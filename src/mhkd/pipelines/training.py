@@ -50,7 +50,7 @@ def load_model(
         return model
     text = str(model)
     if text.endswith((".pt", ".pth", ".tar")) or Path(text).is_file():
-        return checkpoint.build_model(checkpoint.load(text), text)
+        return checkpoint.load_model(text, arch=arch)[0]
     return models.create(text, num_classes=num_classes)
 
 
