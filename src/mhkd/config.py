@@ -43,20 +43,29 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which data set, where its files are and how it is cut and augmented."""
 
-    name: str = option("cifar100", "data set (see `mhkd models`/README: cifar10, cifar100, svhn, "
-                       "imagefolder, imagenet, digits, synthetic)", flag="data")
-    dir: str | None = option(None, "where the data set's files are (or are downloaded)",
-                             flag="data-dir")
+    name: str = option(
+        "cifar100",
+        "data set (see `mhkd models`/README: cifar10, cifar100, svhn, "
+        "imagefolder, imagenet, digits, synthetic)",
+        flag="data",
+    )
+    dir: str | None = option(
+        None, "where the data set's files are (or are downloaded)", flag="data-dir"
+    )
     image_size: int | None = option(None, "image side for digits and imagefolder")
     train_per_class: int | None = option(
-        None, "train on a seeded, class-balanced subset of N labelled images per class")
+        None, "train on a seeded, class-balanced subset of N labelled images per class"
+    )
     augment: bool = option(True, "random crop and flip while training")
-    workers: int | None = option(None, "decoding processes of a streamed data set "
-                                 "(default: min(8, CPUs))")
-    streaming: bool | None = option(None, "stream files from disk instead of holding the set "
-                                    "in memory (default: by size)")
-    skip_bad_images: bool = option(False, "skip unreadable images of a streamed set (counted) "
-                                   "instead of stopping")
+    workers: int | None = option(
+        None, "decoding processes of a streamed data set (default: min(8, CPUs))"
+    )
+    streaming: bool | None = option(
+        None, "stream files from disk instead of holding the set in memory (default: by size)"
+    )
+    skip_bad_images: bool = option(
+        False, "skip unreadable images of a streamed set (counted) instead of stopping"
+    )
 
 
 @dataclass
@@ -64,10 +73,13 @@ class ModelsConfig:
     """The student (a zoo name or checkpoint) and the teacher checkpoint, with tapped layers."""
 
     student: str | None = option(None, "zoo model name (or checkpoint) of the student")
-    teacher: str | None = option(None, "teacher checkpoint (.pt; RepDistiller/mdistiller files "
-                                 "too)")
-    teacher_arch: str | None = option(None, "the teacher checkpoint's architecture when the file "
-                                      "does not say (foreign checkpoints)")
+    teacher: str | None = option(
+        None, "teacher checkpoint (.pt; RepDistiller/mdistiller files too)"
+    )
+    teacher_arch: str | None = option(
+        None,
+        "the teacher checkpoint's architecture when the file does not say (foreign checkpoints)",
+    )
     teacher_layers: list[str] | None = option(None, "teacher layer names, a,b,c")
     student_layers: list[str] | None = option(None, "student layer names, a,b,c")
 
@@ -89,10 +101,12 @@ class ScheduleConfig:
     """Epochs and the learning-rate schedule (multistep: x gamma at each milestone)."""
 
     epochs: int = option(240, "training epochs")
-    kind: Literal["multistep", "cosine"] = option("multistep", "learning-rate schedule",
-                                                  flag="schedule")
+    kind: Literal["multistep", "cosine"] = option(
+        "multistep", "learning-rate schedule", flag="schedule"
+    )
     milestones: list[int] | None = option(
-        None, "epochs at which the lr drops (default: 62.5/75/87.5%% of --epochs)")
+        None, "epochs at which the lr drops (default: 62.5/75/87.5%% of --epochs)"
+    )
     gamma: float = option(0.1, "lr factor at each milestone")
 
     def resolved_milestones(self) -> list[int]:
@@ -107,13 +121,16 @@ class RuntimeConfig:
 
     seed: int = option(0, "random seed (initialisation, data order, augmentation)")
     precision: Literal["auto", "bf16", "fp32"] = option(
-        "auto", "auto: bf16 autocast where the hardware runs it fast, else fp32")
+        "auto", "auto: bf16 autocast where the hardware runs it fast, else fp32"
+    )
     channels_last: Literal["auto", "on", "off"] = option("auto", "channels_last memory format")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
     compile: bool = option(False, "torch.compile the models (minutes of compiling first)")
     teacher_cache: str | None = option(
-        None, "serve the teacher's outputs from DIR (built there on first use): exact per "
-        "augmentation view; for methods that read only teacher logits (kd, dkd, mhkd prefit)")
+        None,
+        "serve the teacher's outputs from DIR (built there on first use): exact per "
+        "augmentation view; for methods that read only teacher logits (kd, dkd, mhkd prefit)",
+    )
     teacher_cache_topk: int | None = option(None, "keep only the top K cached logits")
     teacher_cache_mmap: bool = option(False, "read the teacher cache from disk, not memory")
     tensorboard: bool = option(False, "also log every epoch to OUT/tensorboard/")
@@ -129,13 +146,18 @@ class AuxConfig:
     final layer, in ``OUT/aux/``), or a checkpoint of a proxy trained before.
     """
 
-    mode: str = option("none", "infoflow's teacher of the layers: auto, a proxy checkpoint, or "
-                       "none (the real teacher)", flag="aux")
+    mode: str = option(
+        "none",
+        "infoflow's teacher of the layers: auto, a proxy checkpoint, or none (the real teacher)",
+        flag="aux",
+    )
     width: float = option(2.0, "proxy width relative to the student", flag="aux-width")
-    epochs: int | None = option(None, "proxy CE epochs (default: --epochs; 0 skips)",
-                                flag="aux-epochs")
-    distill_epochs: int | None = option(None, "proxy distillation epochs (default: --epochs; "
-                                        "0 skips)", flag="aux-distill-epochs")
+    epochs: int | None = option(
+        None, "proxy CE epochs (default: --epochs; 0 skips)", flag="aux-epochs"
+    )
+    distill_epochs: int | None = option(
+        None, "proxy distillation epochs (default: --epochs; 0 skips)", flag="aux-distill-epochs"
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -177,18 +199,28 @@ def validate(config: RunConfig) -> None:
         (o.lr > 0, f"--lr must be positive, got {o.lr}"),
         (o.momentum >= 0 and o.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
         (s.gamma > 0, f"--gamma must be positive, got {s.gamma}"),
-        (d.train_per_class is None or d.train_per_class >= 1,
-         f"--train-per-class must be at least 1, got {d.train_per_class}"),
-        (d.image_size is None or d.image_size >= 8,
-         f"--image-size must be at least 8, got {d.image_size}"),
-        (config.runtime.teacher_cache_topk is None or config.runtime.teacher_cache_topk >= 1,
-         f"--teacher-cache-topk must be at least 1, got {config.runtime.teacher_cache_topk}"),
+        (
+            d.train_per_class is None or d.train_per_class >= 1,
+            f"--train-per-class must be at least 1, got {d.train_per_class}",
+        ),
+        (
+            d.image_size is None or d.image_size >= 8,
+            f"--image-size must be at least 8, got {d.image_size}",
+        ),
+        (
+            config.runtime.teacher_cache_topk is None or config.runtime.teacher_cache_topk >= 1,
+            f"--teacher-cache-topk must be at least 1, got {config.runtime.teacher_cache_topk}",
+        ),
         (all(w >= 0 for w in config.weights.values()), "--weight values must be >= 0"),
     ]
     if s.milestones is not None:
         m = s.milestones
-        checks.append((all(0 < a < b for a, b in zip([0, *m], m, strict=False)),
-                       f"--milestones must be increasing positive epochs, got {m}"))
+        checks.append(
+            (
+                all(0 < a < b for a, b in zip([0, *m], m, strict=False)),
+                f"--milestones must be increasing positive epochs, got {m}",
+            )
+        )
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -301,8 +333,8 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "", base: Any = No
         key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hints[name]):
             f = fields[name]
-            base = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-            kwargs[name] = from_dict(hints[name], value or {}, key, base)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            kwargs[name] = from_dict(hints[name], value or {}, key, default)
         elif issubclass(cls, RunConfig) and name == "options":
             kwargs[name] = value or {}
         else:
@@ -375,13 +407,24 @@ def _add_field(group: Any, f: dataclasses.Field, kind: Any, flag: str, dest: str
         help_text += f" (default: {default})"
     inner = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
     if kind is bool or inner == [bool]:
-        group.add_argument(f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=help_text)
+        group.add_argument(
+            f"--{flag}",
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
         return
     choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
-    group.add_argument(f"--{flag}", dest=dest, default=argparse.SUPPRESS, choices=choices,
-                       type=None if choices else _argparse_type(kind, f"--{flag}"),
-                       metavar=None if choices else f.name.upper(), help=help_text)
+    group.add_argument(
+        f"--{flag}",
+        dest=dest,
+        default=argparse.SUPPRESS,
+        choices=choices,
+        type=None if choices else _argparse_type(kind, f"--{flag}"),
+        metavar=None if choices else f.name.upper(),
+        help=help_text,
+    )
 
 
 def add_flags(
@@ -421,13 +464,22 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
     """``--method``, ``--weight TERM=W`` and every method's options as ``--NAME.FIELD``."""
     from mhkd.methods import registered
 
-    parser.add_argument("--method", default=argparse.SUPPRESS,
-                        help="method or sum of methods, e.g. kd, mhkd, crd+mhkd")
-    parser.add_argument("--weight", action="append", default=argparse.SUPPRESS,
-                        metavar="TERM=W", help="weight of a loss term, e.g. --weight kd=0.9")
+    parser.add_argument(
+        "--method",
+        default=argparse.SUPPRESS,
+        help="method or sum of methods, e.g. kd, mhkd, crd+mhkd",
+    )
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="TERM=W",
+        help="weight of a loss term, e.g. --weight kd=0.9",
+    )
     for cls in registered():
-        group = parser.add_argument_group(f"{cls.name} options",
-                                          (cls.__doc__ or "").strip().splitlines()[0])
+        group = parser.add_argument_group(
+            f"{cls.name} options", (cls.__doc__ or "").strip().splitlines()[0]
+        )
         hints = _hints(cls.Options)
         for f in dataclasses.fields(cls.Options):
             flag = f"{cls.name}.{f.name.replace('_', '-')}"

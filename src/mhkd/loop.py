@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from mhkd import distributed, hardware
 from mhkd.data.batch import Batch
-from mhkd.preemption import RunInterrupted, StopOnSignal
-from mhkd.rundir import RunDirectory
+from mhkd.preemption import StopOnSignal
+from mhkd.rundir import RunDirectory, RunSummary
 
 CHECK_FINITE_EVERY = 25
 
@@ -105,6 +105,7 @@ class EpochLoop:
         self.last: dict[str, Any] = {}
         self.seconds = 0.0
         self.resumed = False
+        self._device: torch.device | str = "cpu"
 
     # ---- resume ----------------------------------------------------------------------------
     def resume(self) -> None:
@@ -118,8 +119,9 @@ class EpochLoop:
             )
         found = state.get("identity", {})
         if found != self.identity:
-            differ = sorted(k for k in set(found) | set(self.identity)
-                            if found.get(k) != self.identity.get(k))
+            differ = sorted(
+                k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k)
+            )
             raise ValueError(
                 f"--resume: {self.run.path('checkpoints', 'last.pt')} belongs to another run "
                 + ", ".join(f"{k}={found.get(k)!r} (now {self.identity.get(k)!r})" for k in differ)
@@ -167,23 +169,26 @@ class EpochLoop:
                 self.seconds += time.perf_counter() - started
                 self.epoch += 1
                 self._finish_epoch(record)
+                if stop.requested_anywhere(self._device):
+                    stop.check(self.epoch)  # at the boundary: last.pt holds this epoch
         summary = self.summary()
         if self.run is not None:
-            self.run.write_summary(summary)
+            self.run.write_summary(RunSummary.from_dict(summary))
         return summary
 
     def _finish_epoch(self, record: dict[str, Any]) -> None:
         improved = record["test_acc"] > self.best_test_acc
         if improved:
-            self.best_test_acc, self.best_epoch = record["test_acc"], record["epoch"]
+            self.best_test_acc, self.best_epoch = record["test_acc"], self.epoch  # 1-based
         self.last = {k: v for k, v in record.items() if k.startswith("test_")}
         self._log(record)
         if self.run is not None:
             self.run.save_last(self._state())
             deployable = self.step.deployable() if improved else None
             if deployable is not None:
-                self.run.save_best({**deployable, "epoch": self.epoch,
-                                    "test_acc": record["test_acc"]})
+                self.run.save_best(
+                    {**deployable, "epoch": self.epoch, "test_acc": record["test_acc"]}
+                )
 
     def _train_epoch(self, stop: StopOnSignal) -> dict[str, Any]:
         epoch = self.epoch
@@ -202,8 +207,10 @@ class EpochLoop:
         )
         steps = 0
         for steps, batch in enumerate(bar, 1):
-            if stop.requested:
-                raise RunInterrupted.at(stop, epoch, steps - 1, self.run)
+            self._device = batch.labels.device
+            every = self.world_size == 1 or steps % CHECK_FINITE_EVERY == 1
+            if every and stop.requested_anywhere(self._device):
+                stop.check(epoch + 1, steps - 1)  # last.pt (previous epoch) resumes exactly
             logits, terms = self.step(batch)
             for name, value in terms.items():  # summed on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
@@ -221,16 +228,19 @@ class EpochLoop:
                 "batch per process; lower --batch-size"
             )
         check_finite(sums, epoch)  # before anything of this epoch is saved
-        if stop.requested:
-            raise RunInterrupted.at(stop, epoch, steps, self.run)
         self.step.end_epoch()
         elapsed = time.perf_counter() - started
         names = list(sums)
         device = next(iter(sums.values())).device
         totals = distributed.all_reduce_sum(
-            torch.stack([*(sums[n] for n in names), correct.float(),
-                         torch.tensor(float(seen), device=device),
-                         torch.tensor(float(steps), device=device)])
+            torch.stack(
+                [
+                    *(sums[n] for n in names),
+                    correct.float(),
+                    torch.tensor(float(seen), device=device),
+                    torch.tensor(float(steps), device=device),
+                ]
+            )
         ).tolist()
         steps_all, seen_all = totals[-1], totals[-2]
         return {

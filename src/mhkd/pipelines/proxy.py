@@ -138,8 +138,9 @@ def run_with_proxy(
 ) -> dict[str, Any]:
     """The student taught by a proxy (``config.aux.mode``: ``auto`` or a proxy checkpoint)."""
     if "infoflow" not in expand(config.method):
-        raise ConfigError(f"--aux is information flow's proxy teacher; method {config.method!r} "
-                          "has no infoflow")
+        raise ConfigError(
+            f"--aux is information flow's proxy teacher; method {config.method!r} has no infoflow"
+        )
     out = Path(out) if out is not None else None
     splits = splits if splits is not None else load_data(config)
     student = load_model(student if student is not None else config.models.student,

@@ -27,25 +27,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from mhkd import checkpoint, config as cfg, hardware
+from mhkd import checkpoint, hardware
+from mhkd import config as cfg
 from mhkd.config import OptimConfig, RunConfig, ScheduleConfig
 from mhkd.data import DataSplits, make_loaders
 from mhkd.data.batch import Batch
 from mhkd.distill import input_shape
 from mhkd.loop import EpochLoop, StepOutput, evaluate, set_seed, weighted_sum
 from mhkd.methods.base import option
-from mhkd.models.complexity import profile
 from mhkd.models import resize
+from mhkd.models.complexity import profile
 from mhkd.pipelines.training import TrainingRun, load_data, load_model, resolve_device
 from mhkd.prune.baselines import BASELINES, baseline_scores
 from mhkd.prune.cascade import Cascade, cascade_keeps, cascade_loss, hint_loss
 from mhkd.prune.export import export, latency_ms
 from mhkd.prune.groups import ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, check_keep, magnitude_scores
-from mhkd.rundir import RunDirectory
+from mhkd.rundir import RunDirectory, RunSummary
 from mhkd.taps import Taps
 
 STAGE1 = "stage1"
+#: Stage 1's outcome (exported sizes and accuracies), written once its exports are saved.
+STAGE1_RECORD = "stage1.json"
 
 
 @dataclass
@@ -219,7 +222,7 @@ class CascadeStep:
         return None
 
     def summary(self) -> dict[str, Any]:
-        return {"keeps": self.keeps}
+        return {}
 
     def close(self) -> None:
         self.cascade.close_taps()
@@ -290,8 +293,9 @@ class Pruning:
         self.original = original.to(self.device)
         self.layout: ModelLayout = find_layout(self.original, self.input_shape)
         self.original.eval().requires_grad_(False)
-        self.keeps = cascade_keeps(self.settings.keep,
-                                   0 if self.settings.baseline else self.settings.assistants)
+        self.keeps = cascade_keeps(
+            self.settings.keep, 0 if self.settings.baseline else self.settings.assistants
+        )
 
     def _stage1(self, *parts: str) -> Path | None:
         return self.out.joinpath(STAGE1, *parts) if self.out is not None else None
@@ -307,9 +311,8 @@ class Pruning:
         }
 
     def run(self) -> PruneResult:
-        done = self._stage1("summary.json")
-        if self.resume and done is not None and done.is_file() and \
-                "export_max_abs_diff" in json.loads(done.read_text()):  # fmt: skip
+        done = self._stage1(STAGE1_RECORD)
+        if self.resume and done is not None and done.is_file():
             student, ladder, stage1 = self._load_stage1()
         else:
             student, ladder, stage1 = self._run_stage1()
@@ -361,7 +364,7 @@ class Pruning:
                 for i, net in enumerate(exported):
                     name = "student.pt" if i == 0 else f"assistant{i}.pt"
                     checkpoint.save(_exported_state(net, self.splits), self._stage1(name))
-                run.write_summary(stage1)
+                _write_json(self._stage1(STAGE1_RECORD), stage1)
         finally:
             if run is not None:
                 run.close()
@@ -375,10 +378,15 @@ class Pruning:
         cascade.to(self.device).requires_grad_(True).train()
         step = CascadeStep(self.original, cascade, self.config, self.device, hint_layers,
                            self.keeps, self.splits.name)  # fmt: skip
+        sizes = profile(self.original, self.input_shape)
+        facts = {**self._describe(), "data": self.splits.name, "seed": self.config.runtime.seed,
+                 "method": "cascade", "teacher": None, "num_classes": self.splits.num_classes,
+                 "precision": self.precision, "channels_last": False,
+                 "params": sizes["params"], "macs": sizes["macs"]}  # fmt: skip
         loop = EpochLoop(
             step, train_loader, test_loader, self.config.schedule.epochs, run,
             identity={"keeps": self.keeps, "data": self.splits.name},
-            quiet=self.config.runtime.quiet, label="stage 1 epoch",
+            quiet=self.config.runtime.quiet, label="stage 1 epoch", facts=facts,
         )  # fmt: skip
         try:
             if self.resume and run is not None and run.path("checkpoints", "last.pt").is_file():
@@ -389,7 +397,7 @@ class Pruning:
         return cascade, summary
 
     def _load_stage1(self) -> tuple[nn.Module, list[nn.Module], dict[str, Any]]:
-        stage1 = json.loads(self._stage1("summary.json").read_text())
+        stage1 = json.loads(self._stage1(STAGE1_RECORD).read_text())
         nets = []
         for i in range(len(stage1["test_acc_models"])):
             name = "student.pt" if i == 0 else f"assistant{i}.pt"
@@ -461,8 +469,14 @@ class Pruning:
             "final_teacher": None if teacher is None else teacher.index,
         }
         if self.out is not None:
-            RunDirectory(self.out, writes=True).write_summary(summary)
+            RunDirectory(self.out).write_summary(RunSummary.from_dict(summary))
         return PruneResult(student, summary)
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _exported_state(net: nn.Module, splits: DataSplits) -> dict[str, Any]:

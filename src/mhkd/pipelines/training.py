@@ -62,9 +62,9 @@ def resolve_device(name: str | None) -> torch.device:
         raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: this machine has no CUDA device")
-    if device is not None and device.type == "cuda" and device.index is not None:
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
+    count = torch.cuda.device_count()
+    if device is not None and device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"--device {name}: this machine has {count} CUDA device(s)")
     return distributed.setup(device) or hardware.default_device()
 
 
@@ -77,7 +77,9 @@ def check_classes(model: nn.Module, num_classes: int, role: str) -> None:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         outputs = linears[-1].out_features if linears else None
     if outputs is not None and outputs != num_classes:
-        raise ValueError(f"the {role} predicts {outputs} classes but the data set has {num_classes}")
+        raise ValueError(
+            f"the {role} predicts {outputs} classes but the data set has {num_classes}"
+        )
 
 
 def describe(model: nn.Module | None) -> str | None:
@@ -129,9 +131,7 @@ class TrainingRun:
         self.splits = splits if splits is not None else load_data(config)
         num_classes = self.splits.num_classes
         set_seed(rt.seed)  # zoo models are initialised from the run's seed
-        student = load_model(
-            student if student is not None else config.models.student, num_classes
-        )
+        student = load_model(student if student is not None else config.models.student, num_classes)
         teacher_source = teacher if teacher is not None else config.models.teacher
         teacher = (
             load_model(teacher_source, num_classes, config.models.teacher_arch)
@@ -157,7 +157,8 @@ class TrainingRun:
             student=student,
             teacher=teacher,
             num_classes=num_classes,
-            num_samples=self.splits.num_train if hasattr(self.splits, "num_train")
+            num_samples=self.splits.num_train
+            if hasattr(self.splits, "num_train")
             else len(self.splits.train.labels),
             epochs=config.schedule.epochs,
             input_shape=shape,
