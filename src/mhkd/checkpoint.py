@@ -86,11 +86,20 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
 
 
+def read_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read any mhkd state file (a dict of tensors and plain values), safely."""
+    path = Path(path)
+    state = _read(path, map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an mhkd checkpoint (not a dictionary)")
+    return state
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read an mhkd checkpoint (a dict with a ``model`` entry) without rebuilding its model."""
     path = Path(path)
-    state = _read(path, map_location)
-    if not isinstance(state, dict) or "model" not in state:
+    state = read_state(path, map_location)
+    if "model" not in state:
         raise CheckpointError(f"{path} is not an mhkd checkpoint (no 'model' entry)")
     return state
 

@@ -466,7 +466,7 @@ class RunDirectory:
             raise checkpoint.CheckpointError(
                 f"--resume: no checkpoint at {path} (start over with --overwrite)"
             )
-        return checkpoint.load(path, map_location=map_location)
+        return checkpoint.read_state(path, map_location=map_location)
 
     def write_summary(self, summary: RunSummary) -> None:
         """Write summary.json (the run has ended)."""
