@@ -70,7 +70,7 @@ def test_pair_loss_is_two_jeffreys_divergences(diagonal):
     assert got.item() == pytest.approx(expected, rel=1e-4)
     p = losses.conditional_probabilities(losses.cosine_kernel(teacher), diagonal)
     assert p.shape == ((5, 5) if diagonal else (5, 4))
-    assert torch.allclose(p.sum(1), torch.ones(5))
+    assert p.dtype == torch.float64 and torch.allclose(p.sum(1), torch.ones(5, dtype=p.dtype))
 
 
 def test_jeffreys_is_symmetric_zero_on_equal_and_weights_layers():
@@ -195,11 +195,106 @@ def test_auto_proxy_run_then_reuse_its_checkpoint(tmp_path, fast):
     assert other["infoflow_aux"] == "checkpoint" and not (tmp_path / "reuse" / "aux").exists()
 
 
-def test_kernels_stay_in_float32_under_bf16_autocast():
-    """Distances from ‖a‖² + ‖b‖² − 2aᵀb cancel catastrophically if the product runs in bf16."""
+def test_kernels_stay_precise_under_bf16_autocast():
+    """Distances from ‖a‖² + ‖b‖² − 2aᵀb cancel catastrophically if the product runs in bf16;
+    the backward's product must not drop to bf16 either, nor bf16 features lose the gradient."""
     torch.manual_seed(0)
     student, teacher = torch.randn(16, 64) + 3.0, torch.randn(16, 32) + 3.0
-    exact = losses.information_flow_pair(student, teacher)
+    exact_grad, exact = _grad(losses.information_flow_pair, student, teacher)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = losses.information_flow_pair(student, teacher)
+        grad, under_autocast = _grad(losses.information_flow_pair, student, teacher)
+        loss = losses.information_flow_pair(student.bfloat16().requires_grad_(), teacher)
     torch.testing.assert_close(under_autocast, exact, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, exact_grad, rtol=1e-4, atol=1e-9)
+    assert loss.dtype == torch.float32
+
+
+def _class_features(batch: int, width: int, noise: float, relu: bool, seed: int) -> Tensor:
+    """Ten class centroids plus per-sample noise (relative to the centroids' scale)."""
+    g = torch.Generator().manual_seed(seed)
+    centroids = torch.randn(10, width, generator=g)
+    x = centroids[torch.arange(batch) % 10] + noise * torch.randn(batch, width, generator=g)
+    return x.relu() if relu else x
+
+
+def _reference(student: Tensor, teacher: Tensor, diagonal: bool = True) -> Tensor:
+    """The authors' formulation written plainly; exact when run in float64."""
+
+    def kernels(x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(1)
+        gram = x @ x.t()
+        sq = gram.diagonal()
+        norms = sq.sqrt() + 1e-6
+        cos = (1 + gram / (norms[:, None] * norms[None])) / 2
+        dist = ((sq[:, None] + sq[None] - 2 * gram).clamp(min=0) + 1e-6).sqrt()
+        return cos, 1 / (1 + dist)
+
+    keep = torch.ones(len(student), len(student), dtype=torch.bool)
+    if not diagonal:
+        keep.fill_diagonal_(False)
+    loss = student.new_zeros(())
+    for k_s, k_t in zip(kernels(student), kernels(teacher), strict=True):
+        k_s, k_t = k_s[keep].view(len(k_s), -1), k_t[keep].view(len(k_t), -1)
+        p, q = k_t / k_t.sum(1, keepdim=True), k_s / k_s.sum(1, keepdim=True)
+        loss = loss + ((p - q) * (p.log() - q.log())).mean()
+    return loss
+
+
+def _grad(fn, student: Tensor, teacher: Tensor, dtype=None, **kw) -> tuple[Tensor, Tensor]:
+    """Gradient and value of ``fn`` with respect to a fresh copy of ``student``."""
+    s = student.detach().to(dtype or student.dtype).requires_grad_()
+    loss = fn(s, teacher.to(dtype or teacher.dtype), **kw)
+    loss.backward()
+    return s.grad.double(), loss.detach().double()
+
+
+def _deviation(a: Tensor, b: Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize(
+    ("batch", "width", "noise", "relu", "diagonal"),
+    [
+        (64, 640, 1.0, False, True),  # plain float32 was off by 24 % (the diagonal)
+        (128, 4096, 0.3, True, True),  # 22 %
+        (128, 64, 0.3, True, True),  # 0.12 %
+        (64, 1024, 0.01, True, True),  # tight clusters: 0.31 %, 0.18 % with the diagonal mended
+        (128, 1024, 0.01, False, False),  # the paper's j ≠ i: 0.27 %, all from cancellation
+    ],
+)
+def test_gradient_matches_float64(batch, width, noise, relu, diagonal):
+    """Class-structured float32 features: the gradient is within 1e-3 (relative norm) of the
+    exact float64 one; the value is the float64 value. Plain float32 (the authors' code) was
+    off by the percentages noted: the Student-t diagonal's constant zero distance, computed as
+    ‖a‖² + ‖a‖² − 2aᵀa, back-propagated rounding errors times 1/(2√eps) = 500, and same-class
+    distances lost their digits to cancellation in float32 inner products."""
+    student = _class_features(batch, width, noise, relu, seed=1)
+    teacher = _class_features(batch, 2 * width, noise, relu, seed=2)
+    exact_grad, exact = _grad(_reference, student, teacher, torch.float64, diagonal=diagonal)
+    grad, value = _grad(losses.information_flow_pair, student, teacher, diagonal=diagonal)
+    assert _deviation(grad, exact_grad) < 1e-3
+    assert value.item() == pytest.approx(exact.item(), rel=1e-6)
+
+
+def test_plain_float32_gradient_is_off():
+    """The case is a real test: the authors' formulation in float32 misses by over 10 %."""
+    student = _class_features(64, 640, 1.0, False, seed=1)
+    teacher = _class_features(64, 1280, 1.0, False, seed=2)
+    exact_grad, exact = _grad(_reference, student, teacher, torch.float64)
+    grad, value = _grad(_reference, student, teacher)
+    assert _deviation(grad, exact_grad) > 0.1
+    assert value.item() == pytest.approx(exact.item(), rel=1e-5)  # while the value is fine
+
+
+def test_zero_row_has_a_finite_exact_gradient():
+    """A dead-ReLU sample (an all-zero row): ‖a‖'s infinite slope at 0 made every gradient NaN;
+    the loss is smooth there, so its gradient equals that of a row of 1e-20s."""
+    student = _class_features(32, 128, 0.3, True, seed=1)
+    teacher = _class_features(32, 64, 0.3, True, seed=2)
+    student[5] = 0.0
+    nearly = student.double()
+    nearly[5] = 1e-20
+    exact_grad, _ = _grad(_reference, nearly, teacher, torch.float64)
+    grad, _ = _grad(losses.information_flow_pair, student, teacher)
+    assert torch.isfinite(grad).all()
+    assert _deviation(grad, exact_grad) < 1e-3
