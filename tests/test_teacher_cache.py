@@ -1,4 +1,5 @@
-"""Cached teacher targets: exact per view, reused, refused when they do not match."""
+"""Cached teacher targets: exact per view (logits and MHKD's pre-fitted teacher heads), reused,
+refused when they do not match."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import pytest
 import torch
 from conftest import TinyNet
 
-from mhkd import api
+from mhkd import api, data
 from mhkd.data import NUM_VIEWS, apply_views, normalize
-from mhkd.teacher_cache import CacheError, build_cache, open_cache
+from mhkd.data.batch import Batch
+from mhkd.methods import MethodContext, MethodSet, ModelOutput
+from mhkd.methods.mhkd import MHKDOptions
+from mhkd.taps import Taps
+from mhkd.teacher_cache import CacheError, build_cache, cached_outputs, open_cache
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +38,13 @@ def test_cache_serves_the_teachers_logits_for_the_exact_view(tmp_path, teacher, 
     indices = torch.tensor([0, 5, 17, 255])
     views = torch.tensor([0, 40, 100, 161])
     expected = online_logits(teacher, tiny_data, indices, views)
-    torch.testing.assert_close(cache.lookup(indices, views), expected, rtol=2e-3, atol=2e-3)
+    served = cache.lookup(indices, views)
+    assert served.features == {}  # built without extra outputs
+    torch.testing.assert_close(served.logits, expected, rtol=2e-3, atol=2e-3)
     other_views = torch.tensor([1, 41, 101, 160])
-    assert not torch.allclose(cache.lookup(indices, other_views), expected, atol=1e-3)
+    assert not torch.allclose(cache.lookup(indices, other_views).logits, expected, atol=1e-3)
     mmap = open_cache(tmp_path, teacher, tiny_data, torch.device("cpu"), mmap=True)
-    assert torch.equal(mmap.lookup(indices, views), cache.lookup(indices, views))
+    assert torch.equal(mmap.lookup(indices, views).logits, served.logits)
 
 
 def test_topk_cache_keeps_the_top_logits_exactly(tmp_path, teacher, tiny_data):
@@ -45,7 +52,7 @@ def test_topk_cache_keeps_the_top_logits_exactly(tmp_path, teacher, tiny_data):
     cache = open_cache(tmp_path, teacher, tiny_data, torch.device("cpu"))
     indices, views = torch.arange(8), torch.full((8,), 7)
     full = online_logits(teacher, tiny_data, indices, views)
-    served = cache.lookup(indices, views)
+    served = cache.lookup(indices, views).logits
     top_values, top_classes = full.topk(2, dim=1)
     torch.testing.assert_close(served.gather(1, top_classes), top_values, rtol=2e-3, atol=2e-3)
     rest = torch.ones_like(full, dtype=torch.bool).scatter_(1, top_classes, False)
@@ -57,8 +64,6 @@ def test_cache_of_another_teacher_or_data_is_refused(tmp_path, teacher, tiny_dat
     build_cache(tmp_path, teacher, tiny_data, torch.device("cpu"), augment=False, quiet=True)
     with pytest.raises(CacheError, match="another teacher"):
         open_cache(tmp_path, TinyNet(width=12), tiny_data, torch.device("cpu"))
-    from mhkd import data
-
     other = data.load("synthetic", num_train=256, num_test=128, num_classes=4, image_size=16,
                       seed=1)  # fmt: skip
     with pytest.raises(CacheError, match="other data"):
@@ -66,6 +71,83 @@ def test_cache_of_another_teacher_or_data_is_refused(tmp_path, teacher, tiny_dat
     cache = open_cache(tmp_path, teacher, tiny_data, torch.device("cpu"))
     with pytest.raises(CacheError, match="rebuild"):  # built without augmentation views
         cache.lookup(torch.tensor([0]), torch.tensor([3]))
+
+
+def prefit_mhkd(teacher, splits, **options):
+    """MHKD with teacher heads pre-fitted for one epoch on ``splits`` (identity views)."""
+    torch.manual_seed(0)
+    ctx = MethodContext(student=TinyNet(width=4), teacher=teacher, num_classes=4,
+                        input_shape=(3, 16, 16))  # fmt: skip
+    options = MHKDOptions(head_mode="prefit", head_width=16, prefit_epochs=1, **options)
+    methods = MethodSet("mhkd", ctx, {"mhkd": options})
+    images = normalize(splits.train.images, splits.mean, splits.std)
+    loader = [Batch(images[i : i + 64], splits.train.labels[i : i + 64], torch.arange(i, i + 64))
+              for i in range(0, len(images), 64)]  # fmt: skip
+    methods.prepare(teacher, loader)
+    return methods
+
+
+def test_cache_serves_prefit_teacher_head_outputs_for_the_exact_view(tmp_path, teacher):
+    splits = data.load("synthetic", num_train=64, num_test=16, num_classes=4, image_size=16)
+    methods = prefit_mhkd(teacher, splits)
+    method = methods.methods["mhkd"]
+    outputs = cached_outputs(methods)
+    assert outputs.layers == ("stage1", "stage2", "stage3")
+    meta = build_cache(tmp_path, teacher, splits, torch.device("cpu"), outputs=outputs,
+                       quiet=True)  # fmt: skip
+    assert meta["extras"] == {f"mhkd.head{j}": [4] for j in (1, 2, 3)}
+    cache = open_cache(tmp_path, teacher, splits, torch.device("cpu"), outputs=outputs)
+
+    indices, views = torch.tensor([0, 9, 33, 63]), torch.tensor([0, 40, 100, 161])
+    images = normalize(apply_views(splits.train.images[indices], views), splits.mean, splits.std)
+    with Taps(teacher, method.teacher_layers) as taps, torch.no_grad():
+        fresh = ModelOutput(teacher(images), taps.pop())
+    fresh_heads = method.teacher_head_logits(fresh.features)
+    served = cache.lookup(indices, views)
+    torch.testing.assert_close(served.logits, fresh.logits, rtol=2e-3, atol=2e-3)
+    for j, expected in enumerate(fresh_heads, 1):
+        torch.testing.assert_close(served.features[f"mhkd.head{j}"], expected, rtol=2e-3,
+                                   atol=2e-3)  # fmt: skip
+    wrong = cache.lookup(indices, torch.tensor([1, 41, 101, 160])).features["mhkd.head1"]
+    assert not torch.allclose(wrong, fresh_heads[0], atol=1e-3)
+    mmap = open_cache(tmp_path, teacher, splits, torch.device("cpu"), mmap=True, outputs=outputs)
+    assert torch.equal(mmap.lookup(indices, views).features["mhkd.head2"],
+                       served.features["mhkd.head2"])  # fmt: skip
+
+    # A step served by the cache gives the online step's loss terms (to fp16 rounding).
+    batch = Batch(images, splits.train.labels[indices], indices, views)
+    g = torch.Generator().manual_seed(3)
+    s_out = ModelOutput(torch.randn(4, 4, generator=g), {
+        name: torch.randn(4, *shape, generator=g)
+        for name, shape in zip(method.student_layers, method.head_inputs["student"], strict=True)
+    })  # fmt: skip
+    online, cached = methods(s_out, fresh, batch), methods(s_out, served, batch)
+    assert set(cached) == {"kd", "mhkd"}
+    for term in cached:
+        torch.testing.assert_close(cached[term], online[term], rtol=2e-3, atol=2e-3)
+
+
+def test_cache_of_other_teacher_heads_or_a_live_method_is_refused(tmp_path, teacher):
+    splits = data.load("synthetic", num_train=64, num_test=16, num_classes=4, image_size=16)
+    methods = prefit_mhkd(teacher, splits)
+    device = torch.device("cpu")
+    build_cache(tmp_path, teacher, splits, device, outputs=cached_outputs(methods),
+                augment=False, quiet=True)  # fmt: skip
+    with pytest.raises(CacheError, match="logits only"):  # a kd run reads no head outputs
+        open_cache(tmp_path, teacher, splits, device)
+    with torch.no_grad():  # training moves the student heads: the cache still serves
+        methods.methods["mhkd"].student_heads[0].fcs[-1].bias.add_(0.1)
+    open_cache(tmp_path, teacher, splits, device, outputs=cached_outputs(methods))
+    with torch.no_grad():  # the teacher heads move: the stored outputs are stale
+        methods.methods["mhkd"].teacher_heads[0].fcs[-1].bias.add_(0.1)
+    with pytest.raises(CacheError, match="other pre-fitted MHKD teacher heads"):
+        open_cache(tmp_path, teacher, splits, device, outputs=cached_outputs(methods))
+    ctx = MethodContext(student=TinyNet(width=4), teacher=teacher, num_classes=4,
+                        input_shape=(3, 16, 16))  # fmt: skip
+    joint = MethodSet("mhkd", ctx, {"mhkd": MHKDOptions(head_width=8)})
+    with pytest.raises(ValueError, match="mhkd of 'mhkd' read live teacher features"):
+        cached_outputs(joint)
+    assert cached_outputs(MethodSet("kd", ctx)) is None  # logits only
 
 
 def test_cached_distillation_matches_online_and_reuses_the_cache(tmp_path, teacher, tiny_data,

@@ -6,6 +6,23 @@ one-head loss ``α·KL·τ² + (1 − α)·CE``. The teacher heads learn from th
 detached features of the frozen teacher, either alongside the student (``joint``, the paper's
 default) or once before distillation (``prefit``, then fixed).
 
+Head stride (the paper states none): by default each head convolution strides 2 while the map
+it reads is larger than its network's last-stage map (:func:`mhkd.heads.head_strides`), so a
+WRN-16-2 stage-1 head (32 channels, 32×32, network ending at 8×8) strides (2, 2) and costs
+56.7 MMACs per image instead of 679.6 at stride 1. ``head_stride=1`` is the paper-literal head
+for ablations. The last-stage map is found by the dry run that sizes the heads: the output of
+the model's last ``stage_names`` entry, or, for a model without ``stage_names`` (user layers),
+the last map larger than 1×1 that any of its modules outputs in forward order (the map its
+global pooling reduces), whichever layers the heads tap.
+
+What the method reads of the teacher: in ``joint`` mode live stage features every step
+(``TeacherUse.FEATURES``; the teacher heads train on detached copies, nothing flows back into
+the teacher). In ``prefit`` mode the teacher heads are fixed after :meth:`MHKD.prepare`, so
+their logits are per-sample outputs of the frozen teacher (``TeacherUse.OUTPUTS``): they run
+under ``no_grad``, and a teacher cache built *after* ``prepare`` serves them (keys
+``"<name>.head<j>"``, see :meth:`MHKD.cached_teacher_outputs`) so the teacher and its heads
+cost nothing per step.
+
 How the paper's objective maps onto the loss terms the trainer weights and sums::
 
     paper:  β·Σ_j [α·KL_j·τ² + (1−α)·CE_j]  +  [α·KL·τ² + (1−α)·CE]   (+ teacher heads' CE)
@@ -28,8 +45,9 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.heads import AuxHead
+from mhkd.heads import AuxHead, head_strides
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
 
 HEAD_MODES = ("joint", "prefit")
@@ -68,6 +86,11 @@ class MHKDOptions:
     head_convs: int = option(2, "3x3 conv layers per head, N_c")
     head_fcs: int = option(2, "fully connected layers per head, N_f")
     head_width: int = option(256, "conv kernels and hidden units per head")
+    head_stride: int | None = option(
+        None,
+        "stride of every head conv; 1 is the paper-literal head (default: stride 2 while the "
+        "map is larger than the network's last-stage map)",
+    )
     prefit_epochs: int = option(5, "epochs of teacher-head fitting in prefit mode")
     prefit_lr: float = option(0.05, "learning rate of teacher-head fitting")
 
@@ -79,6 +102,8 @@ class MHKDOptions:
                 f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
                 f"{self.temperature}, {self.alpha}, {self.beta}"
             )
+        if self.head_stride is not None and self.head_stride < 1:
+            raise ValueError(f"head_stride must be at least 1 (or unset), got {self.head_stride}")
 
 
 @dataclass
@@ -113,24 +138,52 @@ def _stage_layers(
     return list(stages[:count])
 
 
+@torch.no_grad()
+def _dry_run(
+    model: nn.Module, layers: Sequence[str], input_shape: Sequence[int]
+) -> tuple[dict[str, torch.Size], tuple[int, int]]:
+    """The tapped layers' output shapes and the (H, W) of the model's last-stage map, from one
+    batch-2 eval-mode dry run (see the module docstring for which map that is)."""
+    stages = getattr(model, "stage_names", None)
+    probe = [stages[-1]] if stages else [name for name, _ in model.named_modules() if name]
+    param = next(model.parameters(), None)
+    was_training = model.training
+    model.eval()
+    try:
+        with Taps(model, [*layers, *probe]) as taps:
+            model(torch.zeros(2, *input_shape, device=param.device if param is not None else None))
+            seen = {n: out.shape[1:] for n, out in taps.outputs.items() if isinstance(out, Tensor)}
+    finally:
+        model.train(was_training)
+    missing = [name for name in layers if name not in seen]
+    if missing:
+        raise ValueError(f"layer(s) {', '.join(missing)} of {type(model).__name__} output no "
+                         "tensor in a dry run")  # fmt: skip
+    if stages:
+        last = seen[stages[-1]]
+    else:  # outputs are in the order the modules finished: the last map is the deepest
+        maps = [shape for shape in seen.values() if len(shape) == 3 and shape[1] * shape[2] > 1]
+        last = maps[-1] if maps else torch.Size((0, 1, 1))
+    return {name: seen[name] for name in layers}, (int(last[-2]), int(last[-1]))
+
+
 def _heads_for(
     shapes: dict[str, torch.Size],
-    layers: Sequence[str],
+    last: tuple[int, int],
     role: str,
     num_classes: int,
-    convs: int,
-    fcs: int,
-    width: int,
+    o: MHKDOptions,
 ) -> nn.ModuleList:
     heads = []
-    for name in layers:
-        shape = shapes[name]
+    for name, shape in shapes.items():
         if len(shape) != 3:
             raise ValueError(
                 f"{role} layer {name!r} outputs shape {tuple(shape)} per sample; MHKD heads "
                 "need feature maps (channels, height, width)"
             )
-        heads.append(AuxHead(shape[0], num_classes, convs, fcs, width))
+        strides = head_strides(shape[1:], last, o.head_convs, o.head_stride)
+        heads.append(AuxHead(shape[0], num_classes, o.head_convs, o.head_fcs, o.head_width,
+                             strides))  # fmt: skip
     return nn.ModuleList(heads)
 
 
@@ -141,7 +194,10 @@ class MHKD(Method):
     ``heads`` picks a subset by 1-based position (``(1,)``, ``(2, 3)``); layers default to the
     zoo models' first ``head_stages`` ``stage_names``, or are the user's ``teacher_layers`` /
     ``student_layers`` (paired in order). ``beta`` multiplies the heads' term; the heads live
-    here, never in the student, so the deployable student is the bare network.
+    here, never in the student, so the deployable student is the bare network. Each head's
+    convolutions stride 2 while its map is larger than its network's last-stage map
+    (``head_stride=1``: the paper-literal stride-1 head). ``joint`` mode reads live teacher
+    features; ``prefit`` mode reads teacher outputs only, which a teacher cache can serve.
     """
 
     name = "mhkd"
@@ -151,13 +207,13 @@ class MHKD(Method):
     weights = {"mhkd": 1.0, "mhkd_teacher_ce": 1.0}
 
     def __init__(self, ctx: MethodContext, options: MHKDOptions):
-        super().__init__(TeacherUse.FEATURES)
         o = options
-        head_stages, head_mode = o.head_stages, o.head_mode
+        prefit = o.head_mode == "prefit"
+        super().__init__(TeacherUse.OUTPUTS if prefit else TeacherUse.FEATURES)
         if ctx.teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
-        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, head_stages, "teacher")
-        student_layers = _stage_layers(ctx.student, ctx.student_layers, head_stages, "student")
+        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, o.head_stages, "teacher")
+        student_layers = _stage_layers(ctx.student, ctx.student_layers, o.head_stages, "student")
         if len(teacher_layers) != len(student_layers):
             raise ValueError(
                 f"{self.name} pairs teacher and student layers in order, but got "
@@ -169,22 +225,20 @@ class MHKD(Method):
         self._check_heads(len(teacher_layers))
         self.teacher_layers = [teacher_layers[j - 1] for j in self.heads]
         self.student_layers = [student_layers[j - 1] for j in self.heads]
+        #: Names under which a teacher cache serves the fixed teacher heads' logits.
+        self.cached_keys = [f"{self.name}.head{j}" for j in self.heads]
 
         self.temperature, self.alpha, self.beta = o.temperature, o.alpha, o.beta
-        self.head_mode = head_mode
+        self.head_mode, self.head_stride = o.head_mode, o.head_stride
         self.prefit_epochs, self.prefit_lr = o.prefit_epochs, o.prefit_lr
-        size = (ctx.num_classes, o.head_convs, o.head_fcs, o.head_width)
-        self.student_heads = _heads_for(
-            ctx.student_shapes(self.student_layers), self.student_layers, "student", *size
-        )
-        self.teacher_heads = _heads_for(
-            ctx.teacher_shapes(self.teacher_layers), self.teacher_layers, "teacher", *size
-        )
-        if head_mode == "prefit":
+        s_shapes, s_last = _dry_run(ctx.student, self.student_layers, ctx.input_shape)
+        t_shapes, t_last = _dry_run(ctx.teacher, self.teacher_layers, ctx.input_shape)
+        self.student_heads = _heads_for(s_shapes, s_last, "student", ctx.num_classes, o)
+        self.teacher_heads = _heads_for(t_shapes, t_last, "teacher", ctx.num_classes, o)
+        self.head_inputs = {"student": list(s_shapes.values()), "teacher": list(t_shapes.values())}
+        if prefit:
             # Fitted once in prepare(), then fixed: out of the optimizer, BatchNorm frozen.
-            # The teacher's outputs the method reads are then its logits and these fixed
-            # heads' logits, which a teacher-output cache could store per sample.
-            self.teacher_heads.requires_grad_(False)
+            self.teacher_heads.requires_grad_(False).eval()
         self.prefit_acc: list[float] = []
 
     def _check_heads(self, available: int) -> None:
@@ -202,17 +256,39 @@ class MHKD(Method):
         return self
 
     def teacher_head_logits(self, features: dict[str, Tensor]) -> list[Tensor]:
-        """The teacher heads' logits on tapped teacher features (a graph only in joint mode)."""
-        inputs = [_head_input(features[name]) for name in self.teacher_layers]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.head_mode == "joint"):
-            return [head(x) for head, x in zip(self.teacher_heads, inputs, strict=True)]
+        """The teacher heads' logits on tapped teacher features; a graph only in joint mode."""
+        missing = [name for name in self.teacher_layers if name not in features]
+        if missing:
+            raise ValueError(
+                f"{self.name}: the teacher's outputs hold neither the teacher heads' logits "
+                f"({', '.join(self.cached_keys)}) nor the layers {', '.join(missing)}"
+            )
+        pairs = zip(self.teacher_heads, self.teacher_layers, strict=True)
+        if self.head_mode == "prefit":  # fixed heads: no graph at all
+            with torch.no_grad():
+                return [head(features[name]) for head, name in pairs]
+        return [head(_head_input(features[name])) for head, name in pairs]
+
+    def cached_teacher_outputs(self, teacher: ModelOutput) -> dict[str, Tensor]:
+        """In prefit mode, the fixed teacher heads' logits, for a teacher cache to store.
+
+        Valid only once :meth:`prepare` has fitted the heads: build the cache after it.
+        """
+        if self.head_mode != "prefit":
+            return {}
+        logits = self.teacher_head_logits(teacher.features)
+        return dict(zip(self.cached_keys, logits, strict=True))
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
     ) -> dict[str, Tensor]:
         if teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
-        teacher_logits = self.teacher_head_logits(teacher.features)
+        served = [teacher.features.get(key) for key in self.cached_keys]
+        if self.head_mode == "prefit" and all(z is not None for z in served):
+            teacher_logits = served  # from a teacher cache
+        else:
+            teacher_logits = self.teacher_head_logits(teacher.features)
         student_logits = [
             head(student.features[name])
             for head, name in zip(self.student_heads, self.student_layers, strict=True)
@@ -263,14 +339,22 @@ class MHKD(Method):
         self.prefit_acc = [round(100.0 * c / max(1, seen), 2) for c in correct.tolist()]
 
     def summary(self) -> dict[str, Any]:
-        student_params = sum(p.numel() for p in self.student_heads.parameters())
-        teacher_params = sum(p.numel() for p in self.teacher_heads.parameters())
-        extra: dict[str, Any] = {
-            "heads": list(self.heads),
-            "head_params": student_params + teacher_params,
-            "student_head_params": student_params,
-            "teacher_head_params": teacher_params,
-        }
+        """Static facts of the heads: which, their strides, parameters and MACs per image.
+
+        ``head_stride`` null means the last-stage rule; ``head_conv_strides`` lists the
+        strides each head got. MACs are forward multiply-accumulates per image, counted by a
+        batch-1 dry run of each head on its input shape (no timing).
+        """
+        extra: dict[str, Any] = {"heads": list(self.heads), "head_stride": self.head_stride}
+        for role, heads in (("student", self.student_heads), ("teacher", self.teacher_heads)):
+            shapes = self.head_inputs[role]
+            extra[f"{role}_head_conv_strides"] = [list(head.strides) for head in heads]
+            extra[f"{role}_head_params"] = sum(p.numel() for p in heads.parameters())
+            extra[f"{role}_head_macs"] = sum(
+                count_macs(head, shape) for head, shape in zip(heads, shapes, strict=True)
+            )
+        for fact in ("params", "macs"):
+            extra[f"head_{fact}"] = extra[f"student_head_{fact}"] + extra[f"teacher_head_{fact}"]
         if self.prefit_acc:
             extra["teacher_head_prefit_train_acc"] = self.prefit_acc
         return extra
