@@ -22,7 +22,7 @@ from mhkd.loop import StepOutput, evaluate, weighted_sum
 from mhkd.methods import MethodSet, ModelOutput, TeacherUse
 from mhkd.models.complexity import profile
 from mhkd.taps import Taps
-from mhkd.teacher_cache import TeacherCache, build_cache, open_cache
+from mhkd.teacher_cache import TeacherCache, build_cache, cached_outputs, open_cache
 
 
 def input_shape(data: Any) -> tuple[int, int, int]:
@@ -50,7 +50,7 @@ class DistillForward(nn.Module):
 
     def teacher_output(self, batch: Batch) -> ModelOutput | None:
         if self.cache is not None:
-            return ModelOutput(self.cache.lookup(batch.indices, batch.views), {})
+            return self.cache.lookup(batch.indices, batch.views)
         if not self._teacher:
             return None
         with torch.no_grad():
@@ -126,11 +126,9 @@ class DistillStep:
 
     def _open_cache(self) -> TeacherCache:
         runtime = self.runtime
-        if self.teacher is None or self.methods.teacher_use != TeacherUse.OUTPUTS:
-            raise ValueError(
-                f"--teacher-cache serves methods that read only the teacher's outputs (kd, dkd); "
-                f"{self.methods.spec!r} reads its live features"
-            )
+        if self.teacher is None:
+            raise ValueError("--teacher-cache needs a teacher")
+        outputs = cached_outputs(self.methods)  # refuses methods that read live features
         data = self.data
         if not getattr(data, "resident", True):
             raise ValueError(
@@ -140,13 +138,16 @@ class DistillStep:
         root = Path(runtime.teacher_cache)
         if distributed.world()[0] == 0 and not (root / "meta.json").is_file():
             build_cache(
-                root, self.teacher, data, self.device, augment=self.train_loader.augment,
+                root, self.teacher, data, self.device, outputs=outputs,
+                augment=self.train_loader.augment,
                 topk=runtime.teacher_cache_topk, precision=self.precision,
                 channels_last=self.train_loader.channels_last,
                 quiet=runtime.quiet or not sys.stderr.isatty(),
             )  # fmt: skip
         distributed.barrier()
-        cache = open_cache(root, self.teacher, data, self.device, runtime.teacher_cache_mmap)
+        cache = open_cache(
+            root, self.teacher, data, self.device, runtime.teacher_cache_mmap, outputs=outputs
+        )
         if cache.meta["topk"] != runtime.teacher_cache_topk:
             raise ValueError(
                 f"teacher cache {root} keeps top-{cache.meta['topk']} logits, "
