@@ -115,13 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--image-size", type=int, help="image side for digits/imagefolder")
     evaluate.add_argument("--batch-size", type=int, default=512)
     evaluate.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    evaluate.add_argument("--workers", type=int, help="decoding processes for streamed data")
     evaluate.add_argument("--retrieval", action="store_true",
                           help="also the retrieval mAP of the penultimate embedding (test "
                           "images as queries against the training set)")  # fmt: skip
     evaluate.set_defaults(run=_run_eval)
 
     zoo = commands.add_parser("models", help="list the zoo with params and MACs")
-    zoo.add_argument("--num-classes", type=int, default=100)
+    zoo.add_argument("--num-classes", type=int,
+                     help="classes of every model (default: each model's own: 100 for the "
+                     "CIFAR networks, 1000 for the ImageNet ones)")  # fmt: skip
     zoo.set_defaults(run=_run_models)
 
     from mhkd.export import add_export_command
@@ -207,7 +210,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from mhkd import checkpoint, data
+    from mhkd import checkpoint, data, retrieval
     from mhkd.loop import evaluate
     from mhkd.pipelines.training import check_classes, resolve_device
 
@@ -219,26 +222,41 @@ def _run_eval(args: argparse.Namespace) -> int:
     splits = data.load(data_name, root=args.data_dir, **options)
     check_classes(model, splits.num_classes, "checkpoint's model")
     device = resolve_device(args.device)
+    model = model.to(device).eval()
     _, test_loader = data.make_loaders(
-        splits, args.batch_size, device=device, eval_batch_size=args.batch_size
-    )
+        splits, args.batch_size, device=device, eval_batch_size=args.batch_size,
+        workers=args.workers,
+    )  # fmt: skip
     with torch.no_grad():
-        accuracy = evaluate(model.to(device), test_loader, device)
-    print(
+        accuracy = evaluate(model, test_loader, device)
+    line = (
         f"{Path(args.checkpoint).name}: test accuracy {accuracy:.2f}% on {splits.name} "
-        f"({len(splits.test.labels)} images)"
+        f"({len(splits.test)} images)"
     )
+    if args.retrieval:
+        if not getattr(splits, "resident", True):
+            raise ValueError("--retrieval needs a data set held in memory (not streamed)")
+        database, queries = retrieval.retrieval_loaders(splits, args.batch_size, device)
+        score = retrieval.retrieval_map(model, database, queries, device=device)
+        line += f", retrieval mAP {score:.2f}% ({len(splits.train)} database images)"
+    print(line)
     return 0
 
 
 def _run_models(args: argparse.Namespace) -> int:
     from mhkd import models
-    from mhkd.models.complexity import profile
+    from mhkd.models.complexity import default_input_shape, profile
 
-    print(f"{'model':<14} {'params (M)':>10} {'MMACs':>9}")
+    print(f"{'model':<16} {'input':>9} {'classes':>7} {'params (M)':>10} {'MMACs':>9}")
     for name in models.available():
-        sizes = profile(models.create(name, num_classes=args.num_classes))
-        print(f"{name:<14} {sizes['params'] / 1e6:>10.3f} {sizes['macs'] / 1e6:>9.1f}")
+        model = models.create(name, num_classes=args.num_classes)
+        shape = default_input_shape(model)
+        classes = args.num_classes or model.zoo_spec.get("num_classes", "")
+        sizes = profile(model, shape)
+        print(
+            f"{name:<16} {'x'.join(map(str, shape[1:])):>9} {classes:>7} "
+            f"{sizes['params'] / 1e6:>10.3f} {sizes['macs'] / 1e6:>9.1f}"
+        )
     return 0
 
 

@@ -21,6 +21,7 @@ from mhkd.data.batch import Batch
 from mhkd.loop import StepOutput, evaluate, weighted_sum
 from mhkd.methods import MethodSet, ModelOutput, TeacherUse
 from mhkd.models.complexity import profile
+from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.taps import Taps
 from mhkd.teacher_cache import TeacherCache, build_cache, cached_outputs, open_cache
 
@@ -194,6 +195,8 @@ class DistillStep:
             "format": "mhkd/1",
             "arch": checkpoint.model_spec(self.student),
             "model": self.student.state_dict(),
+            "data": self.data.name,
+            "input_shape": list(input_shape(self.data)),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -206,4 +209,18 @@ class DistillStep:
         if self.cache is not None:
             extra["teacher_cache_bytes"] = self.cache.size_bytes()
             extra["teacher_cache_build_seconds"] = self.cache.meta["build_seconds"]
+        if self._reports_retrieval():
+            database, queries = retrieval_loaders(
+                self.data, self.train_loader.batch_size, self.device,
+                self.train_loader.channels_last,
+            )  # fmt: skip
+            extra["retrieval_map"] = retrieval_map(
+                self.student, database, queries, device=self.device, precision=self.precision
+            )
         return {**extra, **self.methods.summary()}
+
+    def _reports_retrieval(self) -> bool:
+        """Information flow is judged by retrieval (its paper's Table 1): rank 0 scores the
+        student's embedding of the test images against the whole training split."""
+        resident = getattr(self.data, "resident", True)
+        return "infoflow" in self.methods.methods and resident and distributed.world()[0] == 0
