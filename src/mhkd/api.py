@@ -23,6 +23,7 @@ from torch import nn
 from mhkd import config as cfg
 from mhkd import data
 from mhkd.pipelines.proxy import run_with_proxy
+from mhkd.pipelines.training import load_data as load_run_data
 from mhkd.pipelines.training import run_training
 
 Model = str | Path | nn.Module
@@ -48,6 +49,14 @@ def run(
     if config.aux.mode != "none":
         return run_with_proxy(config, out, **options)
     return run_training(config, out, **options)
+
+
+def load_data(dataset: str | data.DataSplits, **settings: Any) -> data.DataSplits:
+    """A data set by name, loaded as a run would load it (``data_dir``, ``image_size``,
+    ``train_per_class`` ...); splits pass through unchanged."""
+    if isinstance(dataset, data.DataSplits):
+        return dataset
+    return load_run_data(cfg.build(cfg.from_keywords(data=dataset, **settings)))
 
 
 def _run(student: Model, dataset: str | data.DataSplits, teacher: Model | None, method: str,
