@@ -11,12 +11,14 @@ import torch
 from conftest import TinyNet
 from torch import Tensor
 
-from mhkd import api, data, losses, models
-from mhkd.auxteacher import build_proxy
-from mhkd.cli import build_parser, method_options
+from mhkd import api, checkpoint, data, losses, models
+from mhkd import config as cfg
+from mhkd.cli import build_parser
 from mhkd.data.batch import Batch
-from mhkd.methods import MethodContext, MethodSet, ModelOutput
-from mhkd.methods.infoflow import match_layers, period_weights
+from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse
+from mhkd.methods.infoflow import InfoFlowOptions, match_layers, period_weights
+from mhkd.pipelines.proxy import build_proxy, proxy_checkpoint
+from mhkd.rundir import RunDirectory
 from mhkd.taps import Taps, infer_shapes
 
 
@@ -114,8 +116,10 @@ def test_proxy_is_the_student_family_at_twice_the_width(name):
 
 def test_layer_matching():
     t, s = match_layers(models.create("resnet32x4"), models.create("shufflenetv2"))
-    assert (t, s) == (["layer1", "layer2", "layer3", "flatten"],
-                      ["layer1", "layer2", "relu2", "flatten"])
+    assert (t, s) == (
+        ["layer1", "layer2", "layer3", "flatten"],
+        ["layer1", "layer2", "relu2", "flatten"],
+    )
     # four VGG stages against three ResNet stages: the same relative depth, last with last
     t, s = match_layers(models.create("vgg13"), models.create("resnet20"))
     assert t == ["block1", "block2", "block4", "flatten"]
@@ -132,25 +136,25 @@ def _build(**options) -> tuple[MethodSet, torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
     teacher, student = TinyNet(width=8), models.create("resnet8", num_classes=4, width_mult=0.5)
     ctx = MethodContext(student=student, teacher=teacher, num_classes=4, input_shape=(3, 16, 16))
-    return MethodSet("infoflow", ctx, {"infoflow": options}), teacher, student
+    return MethodSet("infoflow", ctx, {"infoflow": InfoFlowOptions(**options)}), teacher, student
 
 
 def _step(methods: MethodSet, teacher, student, teacher_grad: bool) -> dict[str, Tensor]:
     batch = Batch(torch.randn(8, 3, 16, 16), torch.arange(8) % 4, torch.arange(8))
-    with Taps(teacher, methods.teacher_layers) as t_taps, Taps(
-        student, methods.student_layers
-    ) as s_taps:
+    with (
+        Taps(teacher, methods.teacher_layers) as t_taps,
+        Taps(student, methods.student_layers) as s_taps,
+    ):
         with torch.set_grad_enabled(teacher_grad):
             t_out = ModelOutput(teacher(batch.images), t_taps.pop())
         s_out = ModelOutput(student(batch.images), s_taps.pop())
-    return methods(s_out, t_out if methods.needs_teacher else None, batch)
+    return methods(s_out, t_out, batch)
 
 
-@pytest.mark.parametrize("aux", ["none", "module"])
-def test_gradients_reach_only_the_student(aux):
-    proxy = models.create("resnet8", num_classes=4) if aux == "module" else None
-    methods, teacher, student = _build(aux=proxy or "none")
-    assert methods.needs_teacher == (proxy is None)
+def test_gradients_reach_only_the_student():
+    # a proxy teacher is no longer inside the method: it is the teacher (pipelines.proxy)
+    methods, teacher, student = _build()
+    assert methods.teacher_use == TeacherUse.FEATURES  # live teacher features every step
     assert not [p for p in methods.parameters() if p.requires_grad]  # nothing else to train
     # the teacher keeps its graph here, so a missing detach would show up as a gradient
     _step(methods, teacher, student, teacher_grad=True)["infoflow"].backward()
@@ -160,39 +164,116 @@ def test_gradients_reach_only_the_student(aux):
     assert grads and sum(g.abs().sum() for g in grads) > 0
 
 
-def test_cli_flags_reach_the_method():
+def test_cli_flags_reach_the_method_and_the_proxy_stage():
     args = build_parser().parse_args(
         ["distill", "--teacher", "t.pt", "--student", "resnet8", "--method", "infoflow",
-         "--aux", "auto", "--period-decay", "0.5", "--kernel-diagonal", "exclude"]
-    )
-    assert method_options("infoflow", args) == {
-        "infoflow": {"aux": "auto", "period_decay": 0.5, "kernel_diagonal": "exclude"}
+         "--aux", "auto", "--aux-epochs", "3", "--infoflow.period-decay", "0.5",
+         "--infoflow.kernel-diagonal", "exclude"]
+    )  # fmt: skip
+    config = cfg.build(cfg.overrides(args))
+    assert config.options == {
+        "infoflow": InfoFlowOptions(period_decay=0.5, kernel_diagonal="exclude")
     }
+    assert (config.aux.mode, config.aux.epochs, config.aux.distill_epochs) == ("auto", 3, None)
     with pytest.raises(ValueError, match="keep or exclude"):
         _build(kernel_diagonal="paper")
 
 
+def _proxy_data() -> data.DataSplits:
+    return data.load("synthetic", num_train=64, num_test=32, num_classes=4, image_size=16)
+
+
+def _metrics(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_auto_proxy_run_then_reuse_its_checkpoint(tmp_path, fast):
-    """Proxy phases (CE, final-layer distillation) and the student run, each 1 epoch; the
+    """Proxy stages (CE, final-layer distillation) and the student run, each 1 epoch; the
     saved proxy then teaches another student with no teacher at all."""
-    tiny_data = data.load("synthetic", num_train=64, num_test=32, num_classes=4, image_size=16)
+    tiny_data = _proxy_data()
     teacher = TinyNet(num_classes=4, width=8)
-    options = {"aux": "auto", "aux_epochs": 1, "aux_distill_epochs": 1}
     student = models.create("resnet8", num_classes=4, width_mult=0.5)
-    summary = api.distill(teacher, student, tiny_data, method="infoflow", out=tmp_path / "run",
-                          epochs=1, options={"infoflow": options}, **fast)
-    proxy_ckpt = tmp_path / "run" / "aux" / "distill" / "checkpoints" / "last.pt"
+    out = tmp_path / "run"
+    summary = api.distill(teacher, student, tiny_data, method="infoflow", out=out, epochs=1,
+                          aux="auto", aux_epochs=1, aux_distill_epochs=1, **fast)  # fmt: skip
+    proxy_ckpt = out / "aux" / "proxy.pt"
+    assert proxy_checkpoint(out) == proxy_ckpt
+    assert summary["infoflow_aux"] == "auto"
     assert summary["infoflow_aux_checkpoint"] == str(proxy_ckpt) and proxy_ckpt.is_file()
-    assert (tmp_path / "run" / "aux" / "ce" / "summary.json").is_file()
+    for stage in ("ce", "distill"):  # each stage is a run directory of its own
+        for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+            assert (out / "aux" / stage / name).is_file(), (stage, name)
+    ce_summary = json.loads((out / "aux" / "ce" / "summary.json").read_text())
+    assert ce_summary["method"] == "ce" and ce_summary["teacher"] is None
+    distilled = json.loads((out / "aux" / "distill" / "summary.json").read_text())
+    assert distilled["method"] == "infoflow" and distilled["teacher"] == "TinyNet"
     assert summary["infoflow_aux_model"] == "resnet8" and len(summary["infoflow_pairs"]) == 4
-    proxy_log = json.loads((tmp_path / "run" / "aux" / "distill" / "metrics.jsonl").read_text())
+    assert summary["teacher"] == "resnet8"  # the student's teacher is the proxy
+    (proxy_log,) = _metrics(out / "aux" / "distill" / "metrics.jsonl")
     assert "loss_infoflow" in proxy_log and "infoflow_alpha_intermediate" not in proxy_log
-    log = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    (log,) = _metrics(out / "metrics.jsonl")
     assert log["infoflow_alpha_intermediate"] == 100.0 and log["loss_infoflow"] > 0
+    # proxy.pt holds the distilled proxy: the distill stage's final weights
+    proxy, _ = checkpoint.load_model(proxy_ckpt)
+    last = RunDirectory(out / "aux" / "distill", writes=False).load_last()["step"]["model"]
+    assert proxy.state_dict().keys() == last.keys()
+    assert all(torch.equal(proxy.state_dict()[k], last[k]) for k in last)
 
     other = api.distill(None, "resnet8", tiny_data, method="infoflow", out=tmp_path / "reuse",
-                        epochs=1, options={"infoflow": {"aux": str(proxy_ckpt)}}, **fast)
+                        epochs=1, aux=str(proxy_ckpt), **fast)  # fmt: skip
     assert other["infoflow_aux"] == "checkpoint" and not (tmp_path / "reuse" / "aux").exists()
+    assert other["infoflow_aux_checkpoint"] == str(proxy_ckpt)
+
+
+class _Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+def test_each_proxy_stage_resumes_on_its_own(tmp_path, fast, monkeypatch):
+    """Killed after the distill stage's first of 2 epochs: the resume keeps the finished CE
+    stage as it is, continues the distill stage from its last.pt, and the proxy and the
+    student end as in an uninterrupted run."""
+    tiny_data = _proxy_data()
+    teacher = TinyNet(num_classes=4, width=8)
+    options = dict(method="infoflow", epochs=1, aux="auto", aux_epochs=1, aux_distill_epochs=2,
+                   **fast)  # fmt: skip
+    reference = api.distill(teacher, "resnet8", tiny_data, out=tmp_path / "reference", **options)
+
+    out = tmp_path / "run"
+    save_last = RunDirectory.save_last
+
+    def killed_in_distill(self, state):
+        save_last(self, state)
+        if self.root == out / "aux" / "distill":
+            raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "save_last", killed_in_distill)
+        with pytest.raises(_Killed):
+            api.distill(teacher, "resnet8", tiny_data, out=out, **options)
+    ce, distill = out / "aux" / "ce", out / "aux" / "distill"
+    assert (ce / "summary.json").is_file() and not (distill / "summary.json").exists()
+    assert [r["epoch"] for r in _metrics(distill / "metrics.jsonl")] == [0]
+    assert not proxy_checkpoint(out).exists() and not (out / "metrics.jsonl").exists()
+    ce_files = {p: p.read_bytes() for p in ce.rglob("*") if p.is_file()}
+
+    summary = api.distill(teacher, "resnet8", tiny_data, out=out, resume=True, **options)
+    assert {p: p.read_bytes() for p in ce.rglob("*") if p.is_file()} == ce_files  # not redone
+    assert [r["epoch"] for r in _metrics(distill / "metrics.jsonl")] == [0, 1]
+    proxy, _ = checkpoint.load_model(proxy_checkpoint(out))
+    expected, _ = checkpoint.load_model(proxy_checkpoint(tmp_path / "reference"))
+    for key, value in expected.state_dict().items():
+        assert torch.equal(proxy.state_dict()[key], value), key
+    assert summary["test_acc"] == reference["test_acc"]
+    (log,) = _metrics(out / "metrics.jsonl")
+    (expected_log,) = _metrics(tmp_path / "reference" / "metrics.jsonl")
+    assert log["loss_infoflow"] == expected_log["loss_infoflow"] > 0
+
+    # a finished run resumed again redoes nothing at all
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "summary" not in p.name}
+    api.distill(teacher, "resnet8", tiny_data, out=out, resume=True, **options)
+    for path, content in files.items():
+        assert path.read_bytes() == content, path
 
 
 def test_kernels_stay_precise_under_bf16_autocast():

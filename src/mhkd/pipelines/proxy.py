@@ -22,6 +22,7 @@ from torch import nn
 
 from mhkd import checkpoint, models
 from mhkd.config import ConfigError, RunConfig
+from mhkd.loop import set_seed
 from mhkd.methods.base import expand
 from mhkd.methods.infoflow import default_layers
 from mhkd.pipelines.training import TrainingRun, load_data, load_model
@@ -143,6 +144,7 @@ def run_with_proxy(
         )
     out = Path(out) if out is not None else None
     splits = splits if splits is not None else load_data(config)
+    set_seed(config.runtime.seed)  # the student and the proxy are initialised from the seed
     student = load_model(student if student is not None else config.models.student,
                          splits.num_classes)  # fmt: skip
     mode = config.aux.mode

@@ -55,6 +55,11 @@ STAGE1_RECORD = "stage1.json"
 class PruneSettings:
     """What to prune and how; stage 1's epochs are ``--epochs``, its lr ``--lr`` (cosine)."""
 
+    arch: str | None = option(
+        None,
+        "the --model checkpoint's architecture when the file does not say (foreign "
+        "RepDistiller/mdistiller checkpoints, e.g. resnet56, ResNet50)",
+    )
     keep: float = option(0.4, "fraction of channels kept, in (0, 1]")
     assistants: int = option(3, "teaching assistants (0: the student learns from the original)")
     baseline: str | None = option(None, "magnitude or taylor: prune once, fine-tune with CE")
@@ -81,8 +86,9 @@ class PruneSettings:
 
 @dataclass
 class PruneRunConfig(RunConfig):
-    """A pruning run: the model to prune is ``models.student``; the paper's CIFAR schedule
-    (80 + 80 epochs, lr 0.008 cosine, weight decay 4e-4, Nesterov)."""
+    """A pruning run: the model to prune is ``models.student`` (``prune.arch`` names a foreign
+    checkpoint's architecture); the paper's CIFAR schedule (80 + 80 epochs, lr 0.008 cosine,
+    weight decay 4e-4, Nesterov)."""
 
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=0.008, weight_decay=4e-4, nesterov=True)
@@ -104,8 +110,8 @@ def add_prune_flags(parser: argparse.ArgumentParser) -> None:
         sections=("data", "models", "optim", "schedule", "runtime", "prune"),
         renames={"models.student": "model"},
         methods=False,
-        skip=("models.teacher", "models.teacher_layers", "models.student_layers",
-              "runtime.teacher_cache", "runtime.teacher_cache_topk",
+        skip=("models.teacher", "models.teacher_arch", "models.teacher_layers",
+              "models.student_layers", "runtime.teacher_cache", "runtime.teacher_cache_topk",
               "runtime.teacher_cache_mmap", "schedule.milestones", "schedule.gamma",
               "schedule.kind"),
         section_types={"prune": PruneSettings},
@@ -271,7 +277,7 @@ def run_prune(
     source = model if model is not None else config.models.student
     if source is None:
         raise cfg.ConfigError("mhkd prune needs --model CKPT")
-    original = load_model(source, splits.num_classes)
+    original = load_model(source, splits.num_classes, config.prune.arch)
     return Pruning(original, splits, config, out, resume, overwrite).run()
 
 
@@ -416,8 +422,14 @@ class Pruning:
         teacher = None
         if not s.baseline:
             teacher = TeacherLadder([*ladder, self.original], stage1["ladder_test_acc"])
-        if epochs == 0:
-            unchanged = {"test_acc": stage1["test_acc_models"][0]}
+        if epochs == 0:  # the exported student as stage 1 left it, under stage 1's facts
+            accuracy = stage1["test_acc_models"][0]
+            sizes = profile(student, self.input_shape)
+            unchanged = {
+                **{k: stage1[k] for k in RunSummary.declared() if k in stage1},
+                "test_acc": accuracy, "best_test_acc": accuracy, "best_epoch": None,
+                "params": sizes["params"], "macs": sizes["macs"],
+            }  # fmt: skip
             return self._finish(student, stage1, unchanged, teacher)
         stage2 = dataclasses.replace(
             c,
@@ -428,7 +440,9 @@ class Pruning:
             runtime=dataclasses.replace(c.runtime, channels_last="off"),
             models=dataclasses.replace(c.models, student=None, teacher=None),
         )
-        stage2 = cfg.build(cfg.to_dict(stage2))  # a plain RunConfig: stage 2 is a training run
+        tree = cfg.to_dict(stage2)
+        del tree["prune"]
+        stage2 = cfg.build(tree)  # a plain RunConfig: stage 2 is a training run
         resume = self.resume and self.out is not None and \
             (self.out / "checkpoints" / "last.pt").is_file()  # fmt: skip
         run = TrainingRun(
