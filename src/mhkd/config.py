@@ -217,7 +217,7 @@ def validate(config: RunConfig) -> None:
         m = s.milestones
         checks.append(
             (
-                all(0 < a < b for a, b in zip([0, *m], m, strict=False)),
+                all(a < b for a, b in zip([0, *m], m, strict=False)),
                 f"--milestones must be increasing positive epochs, got {m}",
             )
         )
