@@ -5,6 +5,7 @@ a short run on digits."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import pytest
@@ -534,43 +535,63 @@ def test_a_short_mhkd_run_on_digits_learns_and_deploys_a_bare_student(tmp_path):
         "quiet": True,
         "precision": "fp32",
         "device": "cpu",
+        "image_size": 16,  # digits at 16 px: a stage-1 head at 32 px costs more than the student
     }
     torch.manual_seed(0)
     teacher = TinyNet(num_classes=10, width=16)
-    api.train(teacher, "digits", epochs=4, **fast)  # trains the module in place
-    # Heads 2 and 3 only: a head on the full-resolution stage 1 costs several student steps.
+    api.train(teacher, "digits", epochs=3, **fast)  # trains the module in place
     summary = api.distill(
         teacher,
         TinyNet(num_classes=10),
         "digits",
-        method="mhkd",
-        options={"mhkd": {**SMALL, "heads": "2,3"}},
+        method="mhkd",  # the default heads: one on each of the three stages
+        options={"mhkd": SMALL},
         out=tmp_path / "s",
         epochs=3,
         **fast,
     )
-    assert summary["best_test_acc"] > 25  # chance is 10 %; 35.6 measured
-    assert summary["head_params"] > 0 and summary["head_step_overhead"] > 0
+    assert summary["best_test_acc"] > 25  # chance is 10 %; 34.7 measured
+    metrics = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").open()]
+    first, last_epoch = metrics[0], metrics[-1]
+    for term in ("ce", "kd", "mhkd_teacher_ce"):  # student and teacher heads (joint mode) learn
+        assert last_epoch[f"loss_{term}"] < 0.9 * first[f"loss_{term}"], term
+    # The step's timing left the method with the renovation (a benchmark measures it now).
+    assert summary["head_params"] > 0 and "head_step_overhead" not in summary
     assert summary["params"] == sum(p.numel() for p in TinyNet(num_classes=10).parameters())
     best = checkpoint.load(tmp_path / "s" / "checkpoints" / "best.pt")
     TinyNet(num_classes=10).load_state_dict(best["model"])  # strict: the bare student
-    last = checkpoint.load(tmp_path / "s" / "checkpoints" / "last.pt")
-    assert any(k.startswith("methods.mhkd.student_heads.") for k in last["method"])
+    last = torch.load(tmp_path / "s" / "checkpoints" / "last.pt", weights_only=True)
+    method_state = last["step"]["method"]
+    for j in range(3):  # all three heads trained beside the student, and none is deployed
+        assert any(k.startswith(f"methods.mhkd.student_heads.{j}.") for k in method_state)
+    assert not any("head" in k for k in best["model"])
 
 
 def test_every_mhkd_recipe_reads_and_its_options_reach_the_method():
     from pathlib import Path
 
-    from mhkd.methods.base import split_options
-    from mhkd.recipes import read_recipe
-
     files = sorted((Path(__file__).parents[1] / "recipes" / "mhkd").glob("*.yaml"))
     assert len(files) == 16  # Table 1 (5), Table 3 (5), head ablation (2 pairs × 3 heads)
     for path in files:
-        recipe = read_recipe(path)
-        options = split_options(recipe["method"], recipe["options"])
-        assert options[recipe["method"]]["beta"] == (5.0 if recipe["data"] == "svhn" else 0.5)
-        assert options["kd"] == {"temperature": 4.0}
-        if recipe["data"] == "svhn":
-            assert (recipe["batch_size"], recipe["lr"], recipe["epochs"]) == (200, 0.001, 150)
-            assert recipe["schedule"]["milestones"] == [80, 110, 135]
+        tree, notes = config.read_recipe(path)
+        run = config.build(tree)
+        name = run.method
+        assert name in ("mhkd", "ohkd") and set(run.options) == {"kd", name}, path.name
+        options = run.options[name]
+        assert isinstance(options, method_class(name).Options)
+        svhn = run.data.name == "svhn"
+        assert options.beta == (5.0 if svhn else 0.5), path.name
+        assert (options.temperature, options.alpha) == (4.0, 0.9)
+        assert run.options["kd"].temperature == 4.0
+        if name == "ohkd":  # the head ablation: one head pair, by stage position
+            assert len(options.heads) == 1 and path.name.endswith(f"head{options.heads[0]}.yaml")
+        else:
+            assert options.heads is None  # all heads
+        if svhn:
+            assert (run.optim.batch_size, run.optim.lr, run.schedule.epochs) == (200, 0.001, 150)
+            assert run.schedule.milestones == [80, 110, 135]
+        else:
+            lr = 0.01 if run.models.student in ("mobilenetv2", "shufflenetv2") else 0.05
+            assert (run.optim.batch_size, run.optim.lr, run.schedule.epochs) == (64, lr, 240)
+            assert run.schedule.milestones == [150, 180, 210]
+        assert notes["paper"]["source"], path.name

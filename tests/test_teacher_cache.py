@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import TinyNet
 
-from mhkd import api, data
+from mhkd import config, data
 from mhkd.data import NUM_VIEWS, apply_views, normalize
 from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput
 from mhkd.methods.mhkd import MHKDOptions
+from mhkd.pipelines.training import run_training
 from mhkd.taps import Taps
 from mhkd.teacher_cache import CacheError, build_cache, cached_outputs, open_cache
 
@@ -150,43 +151,81 @@ def test_cache_of_other_teacher_heads_or_a_live_method_is_refused(tmp_path, teac
     assert cached_outputs(MethodSet("kd", ctx)) is None  # logits only
 
 
-def test_cached_distillation_matches_online_and_reuses_the_cache(tmp_path, teacher, tiny_data,
-                                                                 fast, monkeypatch):  # fmt: skip
-    def run(name, **extra):
+PREFIT = {"mhkd": {"head_mode": "prefit", "head_width": 8, "prefit_epochs": 1}}
+
+
+class TeacherCalls:
+    """Counts the teacher's forward passes: in a step or ``prepare`` (``live``), or building a
+    cache (``inference``, which only :func:`build_cache` runs the teacher under)."""
+
+    def __init__(self, teacher):
+        self.live = self.inference = 0
+        self.handle = teacher.register_forward_hook(self._count)
+
+    def _count(self, *_):
+        if torch.is_inference_mode_enabled():
+            self.inference += 1
+        else:
+            self.live += 1
+
+
+@pytest.mark.parametrize("method", ["kd", "mhkd"])
+def test_cached_distillation_matches_online_and_reuses_the_cache(
+    tmp_path, teacher, tiny_data, fast, monkeypatch, method
+):
+    """KD, and MHKD with its pre-fitted teacher heads served from the cache."""
+    options = PREFIT if method == "mhkd" else {}
+    steps = 2 * len(tiny_data.train.labels) // fast["batch_size"]  # 2 epochs of 8 batches
+
+    def run(name, **runtime):
+        tree = config.from_keywords(method=method, options=options, epochs=2, **fast, **runtime)
         torch.manual_seed(1)
-        return api.trainer(TinyNet(), tiny_data, teacher=teacher, method="kd",
-                           out=tmp_path / name, epochs=2, **fast, **extra)  # fmt: skip
+        calls = TeacherCalls(teacher)
+        try:
+            summary = run_training(config.build(tree), tmp_path / name, student=TinyNet(),
+                                   teacher=teacher, splits=tiny_data)  # fmt: skip
+        finally:
+            calls.handle.remove()
+        state = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return summary, calls, state["step"]["model"], json.loads(lines[0])
 
-    online = run("online")
-    online.fit()
-    cached = run("cached", teacher_cache=str(tmp_path / "cache"))
-    assert cached.step_module.teacher is None  # no teacher forward at all
-    summary = cached.fit()
+    cache = tmp_path / "cache"
+    _, online_calls, online, online_epoch = run("online")
+    summary, calls, cached, cached_epoch = run("cached", teacher_cache=str(cache))
+    assert online_calls.inference == 0 and calls.inference > 0  # the cache was built ...
+    assert calls.live == online_calls.live - steps  # ... and no step ran the teacher
     assert summary["teacher_cache_bytes"] > 0 and summary["teacher_cache_build_seconds"] > 0
-    for a, b in zip(online.student.parameters(), cached.student.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)  # fp16 targets, same views
-    lines = [(tmp_path / n / "metrics.jsonl").read_text().splitlines()[0] for n in ("online",
-             "cached")]  # fmt: skip
-    kd_online, kd_cached = (json.loads(line)["loss_kd"] for line in lines)
-    assert kd_cached == pytest.approx(kd_online, rel=1e-3)
+    meta = json.loads((cache / "meta.json").read_text())
+    assert list(meta["extras"]) == ([f"mhkd.head{j}" for j in (1, 2, 3)] if options else [])
+    for key, value in online.items():
+        torch.testing.assert_close(cached[key], value, rtol=1e-2, atol=1e-3)  # fp16 targets
+    for term in ("kd", *(["mhkd"] if options else [])):
+        assert cached_epoch[f"loss_{term}"] == pytest.approx(online_epoch[f"loss_{term}"], rel=1e-3)
 
-    monkeypatch.setattr("mhkd.train.build_cache", lambda *a, **k: pytest.fail("rebuilt"))
-    run("again", teacher_cache=str(tmp_path / "cache")).fit()
+    # Again: the cache is opened, not rebuilt (for MHKD the re-fitted heads fingerprint alike).
+    monkeypatch.setattr("mhkd.distill.build_cache", lambda *a, **k: pytest.fail("rebuilt"))
+    _, again_calls, again, _ = run("again", teacher_cache=str(cache))
+    assert again_calls.inference == 0 and again_calls.live == calls.live
+    assert all(torch.equal(again[key], value) for key, value in cached.items())
+    assert json.loads((cache / "meta.json").read_text()) == meta
 
 
-def test_cache_refuses_methods_that_read_teacher_features(tmp_path, teacher, tiny_data, fast):
-    from mhkd.methods import Method, register
-
-    if "test_features" not in __import__("mhkd.methods", fromlist=["x"]).available():
-
-        @register
-        class _Features(Method):
-            name = "test_features"
-            weights = {"feat": 0.0}
-
-            def forward(self, student, teacher, batch):
-                return {"feat": student.logits.sum() * 0}
-
-    with pytest.raises(ValueError, match="only the teacher's logits"):
-        api.trainer(TinyNet(), tiny_data, teacher=teacher, method="test_features",
-                    teacher_cache=str(tmp_path), **fast)  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "live"), [("crd", "crd"), ("mhkd", "mhkd"), ("crd+mhkd", "crd, mhkd")]
+)
+def test_cache_refuses_methods_that_read_teacher_features(
+    tmp_path, teacher, tiny_data, fast, method, live
+):
+    """CRD's embedding and MHKD's jointly trained teacher heads read live teacher features."""
+    options = {"mhkd": {"head_width": 8}} if "mhkd" in method else {}  # joint: the default
+    tree = config.from_keywords(method=method, options=options, epochs=1,
+                                teacher_cache=str(tmp_path / "cache"), **fast)  # fmt: skip
+    with pytest.raises(ValueError) as caught:
+        run_training(config.build(tree), tmp_path / "run", student=TinyNet(), teacher=teacher,
+                     splits=tiny_data)  # fmt: skip
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("--teacher-cache")
+    assert f"{live} of {method!r} read live teacher features" in message
+    assert not (tmp_path / "cache" / "meta.json").exists()  # refused before building anything
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # and before training
