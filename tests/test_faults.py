@@ -100,20 +100,22 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(tmp_path, monkeypatch,
 
 def test_a_kill_during_the_first_checkpoint_write_loses_nothing_and_is_named(tmp_path, capsys):
     out = tmp_path / "run"
-    killed_at_rename = (
-        "import os, sys; import mhkd.checkpoint as c\n"
-        "c.os.replace = lambda *a: os._exit(137)\n"  # dies with the temp file written
+    killed_after_writing = (  # dies with the temporary file written, before its rename
+        "import os, sys, torch\n"
+        "save = torch.save\n"
+        "torch.save = lambda *a, **k: (save(*a, **k), os._exit(137))\n"
         "from mhkd.cli import main; sys.exit(main(sys.argv[1:]))\n"
     )
     argv = ["train", *TINY, "--epochs", "2", "--out", str(out)]
-    done = subprocess.run([sys.executable, "-c", killed_at_rename, *argv], env=subprocess_env(),
+    done = subprocess.run([sys.executable, "-c", killed_after_writing, *argv], env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 137
     assert checkpoint.orphaned_temp_files(out / "checkpoints")  # what a kill leaves
 
     assert train(out, 2) == 2  # the folder holds a run's files: not silently reused
-    (line,) = error_lines(capsys)
-    assert "--overwrite" in line and str(out) in line
+    stale, line = error_lines(capsys)
+    assert stale.startswith("mhkd: warning: took over the lock") and "no longer runs" in stale
+    assert line.startswith("mhkd: error: ") and "--overwrite" in line and str(out) in line
     assert train(out, 2, "--resume") == 2  # nothing to resume from: said so
     (line,) = error_lines(capsys)
     assert "last.pt" in line and "--overwrite" in line

@@ -36,7 +36,7 @@ def save(state: dict[str, Any], path: str | Path) -> None:
     one-line :class:`CheckpointError` naming the path and the system's reason.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    tmp = temp_path(path)
     created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +67,19 @@ def _os_reason(exc: BaseException) -> str | None:
     return None
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` for an atomic write (``.<name>.<16 hex>.tmp``)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+
+
+def temp_target(name: str) -> str | None:
+    """The file a temporary file of :func:`temp_path` was to become, or ``None``."""
+    match = _TEMP.match(name)
+    return match["name"] if match else None
+
+
 def orphaned_temp_files(folder: str | Path) -> list[Path]:
-    """Temporary files :func:`save` left in ``folder`` when its process was killed mid-write."""
+    """Temporary files of atomic writes left in ``folder`` by a process killed mid-write."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -56,7 +55,6 @@ ARTEFACT_FILES = (CONFIG, METRICS, SUMMARY)
 ARTEFACT_FOLDERS = ("tensorboard",)
 #: A temporary file of an atomic write: ``.NAME.RANDOM`` next to ``NAME`` (``checkpoint.save``
 #: and this module both name them so).
-_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+$")
 #: Lock files this process holds, so a second claim from the same process is refused while a
 #: lock naming this pid but not held (left by an earlier process that had the same pid, e.g. a
 #: restarted container) is stale.
@@ -388,12 +386,10 @@ class RunDirectory:
         for folder in (self.root, self.path(CHECKPOINTS)):
             if not folder.is_dir():
                 continue
-            for path in sorted(folder.iterdir()):
-                match = _TEMPORARY.match(path.name)
-                if match and path.is_file():
-                    target = match["target"]
-                    if target in ARTEFACT_FILES or target.endswith(".pt"):
-                        found.append(path)
+            for path in checkpoint.orphaned_temp_files(folder):
+                target = checkpoint.temp_target(path.name) or ""
+                if target in ARTEFACT_FILES or target.endswith(".pt"):
+                    found.append(path)
         return found
 
     # ---- files ---------------------------------------------------------------------------
@@ -502,7 +498,7 @@ class RunDirectory:
         """Replace ``path`` by ``text`` via a temporary file created with the umask's mode."""
         with self._os_errors(f"cannot write {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            tmp = checkpoint.temp_path(path)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(fd, "w") as f:
