@@ -159,7 +159,7 @@ class EpochLoop:
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs; returns the summary (also written to summary.json)."""
+        """Train the remaining epochs; returns the summary, as summary.json holds it."""
         self.step.prepare(fresh=not self.resumed and self.epoch == 0)
         with StopOnSignal() as stop:
             while self.epoch < self.epochs:
@@ -171,10 +171,10 @@ class EpochLoop:
                 self._finish_epoch(record)
                 if stop.requested_anywhere(self._device):
                     stop.check(self.epoch)  # at the boundary: last.pt holds this epoch
-        summary = self.summary()
+        summary = RunSummary.from_dict(self.summary())  # the declared schema, run or no run
         if self.run is not None:
-            self.run.write_summary(RunSummary.from_dict(summary))
-        return summary
+            self.run.write_summary(summary)
+        return summary.to_dict()
 
     def _finish_epoch(self, record: dict[str, Any]) -> None:
         improved = record["test_acc"] > self.best_test_acc
