@@ -190,17 +190,25 @@ def test_resume_keeps_the_run_and_trims_the_epochs_it_repeats(tmp_path):
     for name in ARTEFACTS:
         make_artefact(tmp_path, name)
     (tmp_path / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": e, "test_acc": 10.0 + e}) + "\n" for e in range(4))
-        + '{"epoch": 4, "te'  # cut short by a kill
+        "".join(json.dumps({"epoch": e, "test_acc": 10.0 + e}) + "\n" for e in range(1, 5))
+        + '{"epoch": 5, "te'  # cut short by a kill
     )
     with RunDirectory(tmp_path).claim(resume=True) as run:
         assert all((tmp_path / name).exists() for name in ARTEFACTS if name != "metrics.jsonl")
-        assert [r["epoch"] for r in run.read_metrics()] == [0, 1, 2, 3]
-        run.trim_metrics(2)
-        assert [r["epoch"] for r in run.read_metrics()] == [0, 1]
-        run.append_metrics({"epoch": 2, "test_acc": 50.0})
+        assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3, 4]
+        run.trim_metrics(2)  # last.pt holds 2 epochs done
+        assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+        run.append_metrics({"epoch": 3, "test_acc": 50.0})
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_metrics_of_releases_that_counted_epochs_from_zero_read_1_based(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "test_acc": 10.0 + e}) + "\n" for e in range(3))
+    )
+    records = RunDirectory(tmp_path, readonly=True).read_metrics()
+    assert [(r["epoch"], r["test_acc"]) for r in records] == [(1, 10.0), (2, 11.0), (3, 12.0)]
 
 
 def test_a_failed_resume_into_a_new_folder_leaves_nothing_behind(tmp_path):
@@ -239,7 +247,7 @@ def test_run_files_honour_the_umask(tmp_path, umask):
     try:
         with RunDirectory(tmp_path / "run").claim() as run:
             run.write_config({"lr": 0.1})
-            run.append_metrics({"epoch": 0})
+            run.append_metrics({"epoch": 1})
             run.trim_metrics(1)
             run.write_summary(summary())
             modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.root.iterdir()}
@@ -273,13 +281,13 @@ def test_files_round_trip(tmp_path):
 def test_non_writers_write_nothing(tmp_path):
     run = RunDirectory(tmp_path / "rank1", writes=False).claim()
     run.write_config({"a": 1})
-    run.append_metrics({"epoch": 0})
+    run.append_metrics({"epoch": 1})
     run.write_summary(summary())
     run.save_last({"model": {}})
     run.close()
     assert not (tmp_path / "rank1").exists()
     nowhere = RunDirectory(None).claim()  # a run without a folder
-    nowhere.append_metrics({"epoch": 0})
+    nowhere.append_metrics({"epoch": 1})
     assert nowhere.artefacts() == [] and not nowhere.has_last()
 
 

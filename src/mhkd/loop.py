@@ -159,7 +159,7 @@ class EpochLoop:
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs; returns the summary (also written to summary.json)."""
+        """Train the remaining epochs; returns the summary, as summary.json holds it."""
         self.step.prepare(fresh=not self.resumed and self.epoch == 0)
         with StopOnSignal() as stop:
             while self.epoch < self.epochs:
@@ -171,10 +171,10 @@ class EpochLoop:
                 self._finish_epoch(record)
                 if stop.requested_anywhere(self._device):
                     stop.check(self.epoch)  # at the boundary: last.pt holds this epoch
-        summary = self.summary()
+        summary = RunSummary.from_dict(self.summary())  # the declared schema, run or no run
         if self.run is not None:
-            self.run.write_summary(RunSummary.from_dict(summary))
-        return summary
+            self.run.write_summary(summary)
+        return summary.to_dict()
 
     def _finish_epoch(self, record: dict[str, Any]) -> None:
         improved = record["test_acc"] > self.best_test_acc
@@ -244,7 +244,7 @@ class EpochLoop:
         ).tolist()
         steps_all, seen_all = totals[-1], totals[-2]
         return {
-            "epoch": epoch,
+            "epoch": epoch + 1,  # 1-based, as printed and as best_epoch and last.pt count
             **scheduled,
             **{f"loss_{n}": t / steps_all for n, t in zip(names, totals, strict=False)},
             "train_acc": 100.0 * totals[-3] / max(1.0, seen_all),
@@ -257,7 +257,7 @@ class EpochLoop:
             terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in record.items() if k.startswith("loss_"))
             lr = f" lr={record['lr']:.4g}" if "lr" in record else ""
             print(
-                f"{self.label} {record['epoch'] + 1}/{self.epochs}{lr} {terms} "
+                f"{self.label} {record['epoch']}/{self.epochs}{lr} {terms} "
                 f"train_acc={record['train_acc']:.2f} test_acc={record['test_acc']:.2f} "
                 f"({record['images_per_s']:.0f} img/s)",
                 file=sys.stderr,

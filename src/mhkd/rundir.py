@@ -4,7 +4,7 @@
 
     OUT/.lock                 who runs here: pid, host, start time, command line
     OUT/config.yaml           the resolved configuration
-    OUT/metrics.jsonl         one line per epoch
+    OUT/metrics.jsonl         one line per epoch, "epoch" 1-based (as printed and as best_epoch)
     OUT/summary.json          written when the run ends (shape: RunSummary, "schema": 1)
     OUT/checkpoints/last.pt   everything needed to resume exactly
     OUT/checkpoints/best.pt   the deployable student at its best test accuracy
@@ -421,7 +421,11 @@ class RunDirectory:
                 f.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Every epoch record; a last line cut short by a kill is ignored."""
+        """Every epoch record, epochs 1-based; a last line cut short by a kill is ignored.
+
+        Releases before the run-directory schema counted epochs from 0; such a file (its
+        first record is epoch 0) is renumbered so that reports read old and new runs alike.
+        """
         path = self.path(METRICS)
         if not path.is_file():
             return []
@@ -433,12 +437,14 @@ class RunDirectory:
             except json.JSONDecodeError:
                 if number < len(lines):
                     raise ValueError(f"{path}:{number} is not JSON") from None
+        if records and records[0].get("epoch") == 0:
+            records = [{**r, "epoch": r["epoch"] + 1} for r in records]
         return records
 
-    def trim_metrics(self, epoch: int) -> None:
-        """Drop the records of epochs ``>= epoch``: a resumed run logs them again."""
+    def trim_metrics(self, done: int) -> None:
+        """Keep the records of the first ``done`` epochs: a resumed run logs later ones again."""
         if self._check_writable() and self.path(METRICS).is_file():
-            kept = [r for r in self.read_metrics() if r["epoch"] < epoch]
+            kept = [r for r in self.read_metrics() if r["epoch"] <= done]
             self._write_text(self.path(METRICS), "".join(json.dumps(r) + "\n" for r in kept))
 
     def has_last(self) -> bool:

@@ -36,7 +36,7 @@ def plot_curves(data: str, groups: Sequence[Group], incomplete: Sequence[Run], p
         by_epoch: dict[int, list[float]] = {}
         for run in group.runs:
             for record in run.metrics:
-                by_epoch.setdefault(int(record["epoch"]) + 1, []).append(record["test_acc"])
+                by_epoch.setdefault(int(record["epoch"]), []).append(record["test_acc"])
         epochs = sorted(by_epoch)
         stats = [mean_std(by_epoch[e]) for e in epochs]
         means = [m for m, _ in stats]
@@ -47,7 +47,7 @@ def plot_curves(data: str, groups: Sequence[Group], incomplete: Sequence[Run], p
             high = [m + s for m, s in zip(means, spread, strict=True)]
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
     for run in incomplete:
-        epochs = [int(r["epoch"]) + 1 for r in run.metrics]
+        epochs = [int(r["epoch"]) for r in run.metrics]
         ax.plot(epochs, [r["test_acc"] for r in run.metrics], ".--", label=f"{run.path.name} "
                 "(incomplete)")  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mhkd.config import SECTIONS, flat_names
 from mhkd.rundir import CONFIG, METRICS, SUMMARY, RunDirectory, RunSummary
 
 RUN_FILES = (SUMMARY, METRICS, CONFIG)
@@ -25,10 +26,10 @@ class Run:
     summary: RunSummary | None
 
     def get(self, key: str, default: Any = UNKNOWN) -> Any:
-        """A field of the summary, else of the resolved config."""
+        """A field of the summary, else of the resolved config (by its flat name)."""
         if self.summary is not None and self.summary.get(key) is not None:
             return self.summary.get(key)
-        value = self.config.get(key)
+        value = flat_config(self.config).get(key)
         return default if value is None else value
 
     @property
@@ -46,6 +47,26 @@ class Run:
             return data, model, f"{model} pruned", f"prune ({how}, keep {prune.get('keep')})"
         student = self.get("student", None) or self.get("model")
         return data, str(self.get("teacher", NO_TEACHER)), str(student), str(self.get("method"))
+
+
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml by flat names, as the flags name them (``data``, ``epochs``, ``seed``).
+
+    A config tree's section fields go by their flat names and its ``resolved`` values (zoo
+    names of ``teacher`` and ``student``) take precedence; other top-level keys (``method``,
+    ``weights``, a pruning run's ``prune``) and the flat files of older releases stay as they
+    are.
+    """
+    flat = {k: v for k, v in tree.items() if not (k in SECTIONS and isinstance(v, dict))}
+    for name, path in flat_names().items():
+        section, leaf = path.split(".")
+        node = tree.get(section)
+        if isinstance(node, dict) and leaf in node:
+            flat[name] = node[leaf]
+    resolved = tree.get("resolved")
+    if isinstance(resolved, dict):
+        flat.update(resolved)
+    return flat
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:

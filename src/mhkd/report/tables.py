@@ -59,7 +59,7 @@ def group_row(group: Group, groups: Sequence[Group]) -> list[str]:
 def incomplete_row(run: Run) -> list[str]:
     last = run.metrics[-1] if run.metrics else {}
     epochs = run.get("epochs")
-    logged = f"{int(last['epoch']) + 1}/{epochs}" if last else f"none/{epochs}"
+    logged = f"{int(last['epoch'])}/{epochs}" if last else f"none/{epochs}"
     return [
         str(run.path),
         *run.key,
