@@ -194,6 +194,16 @@ def test_svhn_round_trip(tmp_path: Path) -> None:
     assert splits.train.labels.min() == 0 and splits.train.labels.max() == 9
 
 
+def test_svhn_in_matlab_v73_format_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    write_svhn(tmp_path / "test_32x32.mat", rng, 5)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ."  # as MATLAB writes
+    train = tmp_path / "train_32x32.mat"
+    train.write_bytes(header.ljust(116) + bytes(8) + b"\x00\x02IM" + bytes(512))
+    with pytest.raises(data.DataError, match=rf"^{train} is a MATLAB v7.3 \(HDF5\) file"):
+        data.load("svhn", tmp_path, download=False)
+
+
 def test_svhn_download_failure_names_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")

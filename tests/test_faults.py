@@ -117,8 +117,10 @@ def test_a_kill_during_the_first_checkpoint_write_loses_nothing_and_is_named(tmp
     assert stale.startswith("mhkd: warning: took over the lock") and "no longer runs" in stale
     assert line.startswith("mhkd: error: ") and "--overwrite" in line and str(out) in line
     assert train(out, 2, "--resume") == 2  # nothing to resume from: said so
-    (line,) = error_lines(capsys)
+    cleaned, line = error_lines(capsys)
+    assert cleaned.startswith("mhkd: warning: removed temporary file(s) left by an interrupted")
     assert "last.pt" in line and "--overwrite" in line
+    assert not checkpoint.orphaned_temp_files(out / "checkpoints")
 
     assert train(out, 2, "--overwrite") == 0
     assert not checkpoint.orphaned_temp_files(out / "checkpoints")
