@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TinyNet
-from runs import training_run
 
 from mhkd import data
+from runs import training_run
 
 SETTINGS = {"epochs": 2, "batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32",
             "device": "cpu", "seed": 3}  # fmt: skip

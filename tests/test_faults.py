@@ -89,8 +89,9 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(tmp_path, monkeypatch,
     monkeypatch.setattr(DistillStep, "__call__", real_call)
 
     assert train(cut, 3, "--resume") == 0
-    whole, resumed = model_state(tmp_path / "whole/checkpoints/last.pt"), model_state(
-        cut / "checkpoints/last.pt"
+    whole, resumed = (
+        model_state(tmp_path / "whole/checkpoints/last.pt"),
+        model_state(cut / "checkpoints/last.pt"),
     )
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -253,13 +253,13 @@ def test_each_proxy_stage_resumes_on_its_own(tmp_path, fast, monkeypatch):
             api.distill(teacher, "resnet8", tiny_data, out=out, **options)
     ce, distill = out / "aux" / "ce", out / "aux" / "distill"
     assert (ce / "summary.json").is_file() and not (distill / "summary.json").exists()
-    assert [r["epoch"] for r in _metrics(distill / "metrics.jsonl")] == [0]
+    assert [r["epoch"] for r in _metrics(distill / "metrics.jsonl")] == [1]
     assert not proxy_checkpoint(out).exists() and not (out / "metrics.jsonl").exists()
     ce_files = {p: p.read_bytes() for p in ce.rglob("*") if p.is_file()}
 
     summary = api.distill(teacher, "resnet8", tiny_data, out=out, resume=True, **options)
     assert {p: p.read_bytes() for p in ce.rglob("*") if p.is_file()} == ce_files  # not redone
-    assert [r["epoch"] for r in _metrics(distill / "metrics.jsonl")] == [0, 1]
+    assert [r["epoch"] for r in _metrics(distill / "metrics.jsonl")] == [1, 2]
     proxy, _ = checkpoint.load_model(proxy_checkpoint(out))
     expected, _ = checkpoint.load_model(proxy_checkpoint(tmp_path / "reference"))
     for key, value in expected.state_dict().items():

@@ -339,7 +339,7 @@ def test_crd_banks_round_trip_through_a_checkpoint():
 
 def _stop_after_first_epoch(record: dict) -> None:
     """A logger that signals the run as a scheduler would: it stops at the epoch's end."""
-    if record["epoch"] == 0:
+    if record["epoch"] == 1:
         signal.raise_signal(signal.SIGUSR1)
 
 

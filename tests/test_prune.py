@@ -336,7 +336,7 @@ def test_cascade_run_exports_a_smaller_student_and_resumes(tiny_data, fast, tmp_
     assert summary["stage1"]["export_max_abs_diff"] < 1e-4
     assert summary["stage1"]["kept_fractions"][0] == pytest.approx(0.5, abs=0.02)
     stage1 = [json.loads(x) for x in (out / "stage1/metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in stage1] == [0, 1] and len(stage1[0]["test_acc_models"]) == 3
+    assert [r["epoch"] for r in stage1] == [1, 2] and len(stage1[0]["test_acc_models"]) == 3
     for path in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / path).is_file()
     best_path = out / "checkpoints/best.pt"
@@ -346,7 +346,7 @@ def test_cascade_run_exports_a_smaller_student_and_resumes(tiny_data, fast, tmp_
     resumed = prune(teacher, tiny_data, keep=0.5, assistants=2, out=out, resume=True,
                     **{**options, "finetune_epochs": 2})  # fmt: skip
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]  # stage 1 was not repeated
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # stage 1 was not repeated
     assert resumed.summary["params_after"] == summary["params_after"]
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST
-from runs import stop_after, training_run
 
 from mhkd import api, data
 from mhkd import config as cfg
@@ -18,6 +17,7 @@ from mhkd.cli import main
 from mhkd.report import RUNTIME_FIELDS, Run, find_runs, group_runs, read_run, write_report
 from mhkd.report.grouping import setting
 from mhkd.rundir import RunDirectory, RunSummary
+from runs import stop_after, training_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

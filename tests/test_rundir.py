@@ -10,7 +10,6 @@ import os
 import socket
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -227,14 +226,15 @@ def test_overwrite_and_resume_together_are_an_error(tmp_path):
 
 def test_temporary_files_of_interrupted_writes_are_removed_and_named(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    # what checkpoint.save leaves when killed mid-write
-    fd, last_tmp = tempfile.mkstemp(prefix=".last.pt.", dir=tmp_path / "checkpoints")
-    os.close(fd)
-    make_artefact(tmp_path, ".summary.json.1a2b3c4d")
+    # what an atomic write (checkpoint or text file) leaves when killed before its rename
+    last_tmp = checkpoint.temp_path(tmp_path / "checkpoints" / "last.pt")
+    summary_tmp = checkpoint.temp_path(tmp_path / "summary.json")
+    last_tmp.touch()
+    summary_tmp.touch()
     unrelated = [make_artefact(tmp_path, ".hidden"), make_artefact(tmp_path, "checkpoints/.x.y")]
     warnings = []
     RunDirectory(tmp_path, warn=warnings.append).claim().close()
-    assert not Path(last_tmp).exists() and not (tmp_path / ".summary.json.1a2b3c4d").exists()
+    assert not last_tmp.exists() and not summary_tmp.exists()
     assert all(path.exists() for path in unrelated)
     assert len(warnings) == 1
     assert f"checkpoints/{Path(last_tmp).name}" in warnings[0] and ".summary.json." in warnings[0]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST
-from runs import stop_after, training_run
 from tensorboard.backend.event_processing import event_accumulator
 
 from mhkd import api
 from mhkd.tensorboard import TensorBoardLogger, tag
+from runs import stop_after, training_run
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:

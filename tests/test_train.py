@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 from conftest import TinyNet
-from runs import stop_after, stop_during, training_run
 from torch import Tensor
 
 from mhkd import api, checkpoint
@@ -16,6 +15,7 @@ from mhkd import config as cfg
 from mhkd.loop import NonFiniteLossError, weighted_sum
 from mhkd.methods import Method, MethodContext, TeacherUse, register
 from mhkd.rundir import RunDirectory
+from runs import stop_after, stop_during, training_run
 
 
 def test_training_learns_and_writes_a_run_directory(tmp_path, tiny_data, fast):
