@@ -28,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, mhkd_runner, write_results  # noqa: E402
 
+from mhkd import config as cfg  # noqa: E402
 from mhkd import hardware, models  # noqa: E402
 from mhkd.data.base import DataSplits, ImageSet  # noqa: E402
-from mhkd.train import TrainConfig, Trainer  # noqa: E402
+from mhkd.pipelines.training import TrainingRun  # noqa: E402
 
 PAIR = ("wrn_40_2", "wrn_16_2")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt")
@@ -49,16 +50,20 @@ def cifar100_shaped(num_train: int) -> DataSplits:
     )
 
 
-def build(method: str, splits: DataSplits, batch: int, precision: str, device) -> Trainer:
+def build(method: str, splits: DataSplits, batch: int, precision: str, device) -> TrainingRun:
     torch.manual_seed(0)
-    return Trainer(
-        models.create(PAIR[1], num_classes=100),
-        splits,
-        TrainConfig(
-            batch_size=batch, method=method, precision=precision, device=str(device), quiet=True
-        ),
+    config = cfg.build(cfg.from_keywords(
+        data="synthetic", batch_size=batch, method=method, precision=precision,
+        device=str(device), quiet=True,
+    ))  # fmt: skip
+    run = TrainingRun(
+        config,
+        student=models.create(PAIR[1], num_classes=100),
         teacher=models.create(PAIR[0], num_classes=100),
+        splits=splits,
     )
+    run.step.prepare(fresh=True)  # methods' one-off work, as the loop does before epoch 1
+    return run
 
 
 def interleaved(runners: dict, repeats: int) -> dict[str, tuple[float, float]]:
@@ -80,8 +85,8 @@ def interleaved(runners: dict, repeats: int) -> dict[str, tuple[float, float]]:
     return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in runners}
 
 
-def extras(trainer: Trainer) -> int:
-    return sum(p.numel() for p in trainer.methods.parameters() if p.requires_grad)
+def extras(run: TrainingRun) -> int:
+    return sum(p.numel() for p in run.step.methods.parameters() if p.requires_grad)
 
 
 def peak_rss_mb() -> float:
@@ -99,7 +104,7 @@ def probe(method: str, batch: int, precision: str, threads: int) -> dict:
     step = mhkd_runner(trainer)
     for _ in range(3):
         step()
-    state = sum(b.numel() * b.element_size() for b in trainer.methods.buffers())
+    state = sum(b.numel() * b.element_size() for b in trainer.step.methods.buffers())
     return {"peak_mb": peak_rss_mb(), "state_mb": state / 1e6, "extras": extras(trainer)}
 
 

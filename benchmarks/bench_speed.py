@@ -32,8 +32,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_medians, machine, mhkd_runner, write_results  # noqa: E402
 
+from mhkd import config as cfg  # noqa: E402
 from mhkd import data, hardware, losses, models  # noqa: E402
-from mhkd.train import TrainConfig, Trainer  # noqa: E402
+from mhkd.pipelines.training import TrainingRun  # noqa: E402
 
 NUM_CLASSES = 100
 CRD_SAMPLES = 16_385  # enough training samples for CRD's full 16384 negatives
@@ -77,28 +78,25 @@ def measure(pair, method, batch, precision, channels_last, compile_, steps, devi
     teacher_name, student_name = pair
     samples = CRD_SAMPLES if method == "crd" else batch * 2
     splits = data.load("synthetic", num_train=samples, num_test=64, num_classes=NUM_CLASSES)
-    trainer = Trainer(
-        models.create(student_name, num_classes=NUM_CLASSES),
-        splits,
-        TrainConfig(
-            batch_size=batch,
-            method=method,
-            precision=precision,
-            channels_last=channels_last,
-            compile=compile_ == "on",
-            device=str(device),
-            quiet=True,
-        ),  # fmt: skip
+    config = cfg.build(cfg.from_keywords(
+        data="synthetic", batch_size=batch, method=method, precision=precision,
+        channels_last=channels_last, compile=compile_ == "on", device=str(device), quiet=True,
+    ))  # fmt: skip
+    run = TrainingRun(
+        config,
+        student=models.create(student_name, num_classes=NUM_CLASSES),
         teacher=models.create(teacher_name, num_classes=NUM_CLASSES) if method != "ce" else None,
+        splits=splits,
     )
-    fmt = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    run.step.prepare(fresh=True)  # methods' one-off work, as the loop does before epoch 1
+    fmt = torch.channels_last if run.loop.train_loader.channels_last else torch.contiguous_format
     student = models.create(student_name, num_classes=NUM_CLASSES).to(device, memory_format=fmt)
-    teacher = trainer.teacher  # already on the device, frozen, compiled if asked
+    teacher = run.step.teacher  # already on the device, frozen, compiled if asked
     if compile_ == "on":
         student.compile()
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-    runners = {"mhkd": mhkd_runner(trainer)}
+    runners = {"mhkd": mhkd_runner(run)}
     if method in ("ce", "kd"):
         runners["bare"] = bare_runner(student, teacher, x, y, precision, device)
     runners["models"] = models_runner(student, teacher, x, y, precision, device)

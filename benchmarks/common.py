@@ -70,17 +70,19 @@ def write_results(lines: list[str], out: Path | None) -> None:
         out.write_text(text)
 
 
-def mhkd_runner(trainer) -> Callable[[], None]:
-    """One iteration of mhkd's own loop: the next batch from its loader, then its train step."""
+def mhkd_runner(run) -> Callable[[], None]:
+    """One iteration of mhkd's own loop: the next batch from its loader, then its train step
+    (``run``: a :class:`mhkd.pipelines.training.TrainingRun`)."""
+    loader, train_step = run.loop.train_loader, run.step
     batches = iter(())
 
     def step() -> None:
         nonlocal batches
         batch = next(batches, None)
         if batch is None:
-            trainer.train_loader.set_epoch(0)
-            batches = iter(trainer.train_loader)
+            loader.set_epoch(0)
+            batches = iter(loader)
             batch = next(batches)
-        trainer.train_step(batch)
+        train_step(batch)
 
     return step

@@ -45,13 +45,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--head-width", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=16,
-                        help="digits are 8x8 originals: 16 keeps every detail at 1/4 the cost")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=16,
+        help="digits are 8x8 originals: 16 keeps every detail at 1/4 the cost",
+    )
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
-                        "mhkd_digits.md")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "mhkd_digits.md"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     common = {"batch_size": args.batch_size, "lr": args.lr, "quiet": True}
@@ -59,31 +64,47 @@ def main() -> None:
 
     digits = data.load("digits", image_size=args.image_size)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = api.train(args.teacher, digits, out=f"{tmp}/teacher",
-                            epochs=args.teacher_epochs, seed=0, **common)
-        print(f"teacher {args.teacher}: last {teacher['test_acc']:.2f} "
-              f"best {teacher['best_test_acc']:.2f}", flush=True)
+        teacher = api.train(
+            args.teacher, digits, out=f"{tmp}/teacher", epochs=args.teacher_epochs, seed=0, **common
+        )
+        print(
+            f"teacher {args.teacher}: last {teacher['test_acc']:.2f} "
+            f"best {teacher['best_test_acc']:.2f}",
+            flush=True,
+        )
         checkpoint = f"{tmp}/teacher/checkpoints/best.pt"
         results: dict[str, list[tuple[float, float, float]]] = {}
         for label in args.arms:
             method, options = ARMS[label]
             for seed in args.seeds:
-                run = dict(out=f"{tmp}/{method}-{len(results)}-{seed}", epochs=args.epochs,
-                           seed=seed, **common)
+                run = dict(
+                    out=f"{tmp}/{method}-{len(results)}-{seed}",
+                    epochs=args.epochs,
+                    seed=seed,
+                    **common,
+                )
                 if method == "ce":
                     s = api.train(args.student, digits, **run)
                 else:
                     opts = {**options, **heads} if method != "kd" else {}
-                    s = api.distill(checkpoint, args.student, digits, method=method,
-                                    options={method: opts} if opts else None, **run)
+                    s = api.distill(
+                        checkpoint,
+                        args.student,
+                        digits,
+                        method=method,
+                        options={method: opts} if opts else None,
+                        **run,
+                    )
                 results.setdefault(label, []).append(
                     (s["test_acc"], s["best_test_acc"], s.get("seconds", 0.0))
                 )
                 head_acc = s.get("teacher_head_prefit_train_acc")
-                print(f"{label} seed {seed}: last {s['test_acc']:.2f} best "
-                      f"{s['best_test_acc']:.2f} ({s.get('seconds', 0):.0f} s)"
-                      + (f", teacher heads' train accuracy {head_acc}" if head_acc else ""),
-                      flush=True)
+                print(
+                    f"{label} seed {seed}: last {s['test_acc']:.2f} best "
+                    f"{s['best_test_acc']:.2f} ({s.get('seconds', 0):.0f} s)"
+                    + (f", teacher heads' train accuracy {head_acc}" if head_acc else ""),
+                    flush=True,
+                )
 
     lines = [
         f"# MHKD on scikit-learn digits: {args.teacher} → {args.student}",
@@ -103,8 +124,10 @@ def main() -> None:
     ]
     for label, runs in results.items():
         last, best, secs = zip(*runs, strict=True)
-        lines.append(f"| {label} | {mean_std(list(last))} | {mean_std(list(best))} | "
-                     f"{statistics.mean(secs):.0f} |")
+        lines.append(
+            f"| {label} | {mean_std(list(last))} | {mean_std(list(best))} | "
+            f"{statistics.mean(secs):.0f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

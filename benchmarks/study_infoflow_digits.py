@@ -32,56 +32,73 @@ RESULTS = Path(__file__).parent / "results" / "infoflow.md"
 
 
 def methods(epochs: int) -> dict[str, tuple[str, dict]]:
-    """Study rows: label -> (method spec, method options)."""
+    """Study rows: label -> (method spec, proxy-teacher settings)."""
     return {
         "CE": ("ce", {}),
         "KD": ("kd", {}),
         "PKT": ("pkt", {}),
-        "infoflow, real teacher": ("infoflow", {"infoflow": {"aux": "none"}}),
+        "infoflow, real teacher": ("infoflow", {"aux": "none"}),
         "infoflow, proxy teacher": (
             "infoflow",
-            {"infoflow": {"aux": "auto", "aux_epochs": epochs, "aux_distill_epochs": epochs}},
+            {"aux": "auto", "aux_epochs": epochs, "aux_distill_epochs": epochs},
         ),
     }
 
 
 def proxy_options(options: dict, first_run: Path) -> dict:
     """After the first seed trained the proxy, later seeds reuse its checkpoint."""
-    proxy = first_run / "aux" / "distill" / "checkpoints" / "last.pt"
-    if options.get("infoflow", {}).get("aux") == "auto" and proxy.is_file():
-        return {"infoflow": {"aux": str(proxy)}}
+    proxy = first_run / "aux" / "proxy.pt"
+    if options.get("aux") == "auto" and proxy.is_file():
+        return {"aux": str(proxy)}
     return options
 
 
 def run(args: argparse.Namespace) -> dict[str, list[dict]]:
     splits = data.load("digits", image_size=args.size)
-    common = {"epochs": args.epochs, "batch_size": 64, "lr": args.lr, "schedule": "cosine",
-              "quiet": True}
+    common = {
+        "epochs": args.epochs,
+        "batch_size": 64,
+        "lr": args.lr,
+        "schedule": "cosine",
+        "quiet": True,
+    }
     out = Path(args.out)
     started = time.perf_counter()
     teacher = api.train(TEACHER, splits, out=out / "teacher", seed=0, **common)
     teacher_ckpt = out / "teacher" / "checkpoints" / "last.pt"
-    print(f"teacher {TEACHER}: {teacher['test_acc']:.2f}% ({time.perf_counter() - started:.0f} s)",
-          file=sys.stderr)
+    print(
+        f"teacher {TEACHER}: {teacher['test_acc']:.2f}% ({time.perf_counter() - started:.0f} s)",
+        file=sys.stderr,
+    )
     rows: dict[str, list[dict]] = {"teacher": [teacher]}
     for label, (method, options) in methods(args.epochs).items():
         rows[label] = []
-        tag = options.get("infoflow", {}).get("aux", "x")
+        tag = options.get("aux", "x")
         for seed in args.seeds:
             run_out = out / f"{method}-{tag}-s{seed}"
             options = proxy_options(options, out / f"{method}-{tag}-s{args.seeds[0]}")
             if method == "ce":
                 summary = api.train(STUDENT, splits, out=run_out, seed=seed, **common)
             else:
-                summary = api.distill(teacher_ckpt, STUDENT, splits, method=method, out=run_out,
-                                      seed=seed, options=options, **common)
+                summary = api.distill(
+                    teacher_ckpt,
+                    STUDENT,
+                    splits,
+                    method=method,
+                    out=run_out,
+                    seed=seed,
+                    **options,
+                    **common,
+                )
             proxy = run_out / "aux" / "distill" / "summary.json"
             if proxy.is_file():
                 summary["proxy_test_acc"] = json.loads(proxy.read_text())["test_acc"]
             rows[label].append(summary)
-            print(f"{label} seed {seed}: {summary['test_acc']:.2f}% "
-                  f"(best {summary['best_test_acc']:.2f}%, {summary['seconds']:.0f} s)",
-                  file=sys.stderr)
+            print(
+                f"{label} seed {seed}: {summary['test_acc']:.2f}% "
+                f"(best {summary['best_test_acc']:.2f}%, {summary['seconds']:.0f} s)",
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -115,15 +132,23 @@ def table(rows: dict[str, list[dict]], args: argparse.Namespace, seconds: float)
         last = [s["test_acc"] for s in summaries]
         best = [s["best_test_acc"] for s in summaries]
         secs = statistics.mean(s["seconds"] for s in summaries)
-        lines.append(f"| {label} | {mean_std(last)} | {mean_std(best)} | "
-                     f"{', '.join(f'{v:.2f}' for v in last)} | {secs:.0f} |")
+        lines.append(
+            f"| {label} | {mean_std(last)} | {mean_std(best)} | "
+            f"{', '.join(f'{v:.2f}' for v in last)} | {secs:.0f} |"
+        )
     proxy = [s["proxy_test_acc"] for s in rows["infoflow, proxy teacher"] if "proxy_test_acc" in s]
     if proxy:
-        lines += ["", f"Proxy teacher ({STUDENT} x2 width, seed {args.seeds[0]}) test accuracy "
-                  f"after both phases: {proxy[0]:.2f}%; its two phases are not counted in "
-                  "'mean s/run'."]
-    lines += ["", "Best-epoch figures select on the test set and are optimistic; last-epoch "
-              "figures are the honest ones. `seconds` are wall time under shared load."]
+        lines += [
+            "",
+            f"Proxy teacher ({STUDENT} x2 width, seed {args.seeds[0]}) test accuracy "
+            f"after both phases: {proxy[0]:.2f}%; its two phases are not counted in "
+            "'mean s/run'.",
+        ]
+    lines += [
+        "",
+        "Best-epoch figures select on the test set and are optimistic; last-epoch "
+        "figures are the honest ones. `seconds` are wall time under shared load.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -132,8 +157,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.01,
-                        help="every run's initial lr (0.01: the benchmark's MobileNetV2 value)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="every run's initial lr (0.01: the benchmark's MobileNetV2 value)",
+    )
     parser.add_argument("--out", default="runs/study-infoflow-digits")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()

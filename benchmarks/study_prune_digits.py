@@ -43,7 +43,7 @@ def _teacher(name: str, width: float, epochs: int, out: Path) -> dict[str, Any]:
 
 def _prune(checkpoint: str, label: str, seed: int, args: argparse.Namespace, out: Path):
     torch.set_num_threads(1)
-    from mhkd.prune import prune
+    from mhkd.pipelines.prune import prune
 
     started = time.perf_counter()
     summary = prune(

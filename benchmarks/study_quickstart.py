@@ -1,6 +1,6 @@
 """`mhkd quickstart` over several seeds: what it prints, as mean ± std, and how long it takes.
 
-    python benchmarks/study_quickstart.py --seeds 0 1 2 --out benchmarks/results/quickstart.md
+python benchmarks/study_quickstart.py --seeds 0 1 2 --out benchmarks/results/quickstart.md
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, mean_std, write_results  # noqa: E402
 
-from mhkd.quickstart import quickstart  # noqa: E402
+from mhkd.pipelines.quickstart import quickstart  # noqa: E402
 
 
 def main() -> None:

@@ -79,7 +79,8 @@ def distill_and_export(
     out = Path(out)
     splits = mhkd.api.load_data(data)
     teacher = Teacher(splits.num_classes)
-    mhkd.api.train(teacher, splits, out=out / "teacher", epochs=epochs, **settings)
+    training = {k: v for k, v in settings.items() if k not in ("options", "weights")}
+    mhkd.api.train(teacher, splits, out=out / "teacher", epochs=epochs, **training)
 
     student = Student(splits.num_classes)
     summary = mhkd.api.distill(

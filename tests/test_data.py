@@ -20,6 +20,7 @@ import mhkd.data as data
 from mhkd.data import DataError, DeviceLoader, apply_views, normalize, random_views
 from mhkd.data import svhn as svhn_module
 from mhkd.data.augment import IDENTITY_VIEW, NUM_VIEWS, OFFSETS, PAD
+from mhkd.data.base import ImageSet, make_splits
 from mhkd.data.download import Remote, md5sum
 
 
@@ -193,6 +194,16 @@ def test_svhn_round_trip(tmp_path: Path) -> None:
     assert splits.train.labels.min() == 0 and splits.train.labels.max() == 9
 
 
+def test_svhn_in_matlab_v73_format_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    write_svhn(tmp_path / "test_32x32.mat", rng, 5)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ."  # as MATLAB writes
+    train = tmp_path / "train_32x32.mat"
+    train.write_bytes(header.ljust(116) + bytes(8) + b"\x00\x02IM" + bytes(512))
+    with pytest.raises(data.DataError, match=rf"^{train} is a MATLAB v7.3 \(HDF5\) file"):
+        data.load("svhn", tmp_path, download=False)
+
+
 def test_svhn_download_failure_names_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
@@ -300,6 +311,23 @@ def test_imagefolder_errors_name_the_folder(tmp_path: Path) -> None:
         data.load("imagefolder", tmp_path)
 
 
+def test_imagefolder_bad_image_fails_or_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            for i in range(2):
+                write_png(tmp_path / split / name / f"{i}.png", np.full((4, 4, 3), i, np.uint8))
+    bad = tmp_path / "train" / "b" / "1.png"
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match=f"imagefolder: cannot read {bad}: UnidentifiedImageError"):
+        data.load("imagefolder", tmp_path, image_size=4)
+    with caplog.at_level("WARNING", logger="mhkd.data.imagefolder"):
+        splits = data.load("imagefolder", tmp_path, image_size=4, skip_bad=True)
+    assert splits.train.labels.tolist() == [0, 0, 1] and len(splits.test) == 4
+    assert "skipped 1 unreadable images" in caplog.text and str(bad) in caplog.text
+
+
 def test_digits_split_is_fixed_and_stratified() -> None:
     first, second = data.load("digits"), data.load("digits")
     assert torch.equal(first.test.images, second.test.images)
@@ -331,8 +359,92 @@ def test_synthetic_is_seeded_and_separable() -> None:
     assert (predicted == a.test.labels).float().mean() > 0.9
 
 
+def test_digits_at_other_sizes_and_bad_sizes() -> None:
+    small = data.load("digits", image_size=8)
+    assert small.input_shape == (3, 8, 8) and small.num_train == 1347 and small.resident
+    assert torch.equal(small.test.labels, data.load("digits").test.labels)
+    with pytest.raises(DataError, match="digits: image_size must be a positive integer, got 0"):
+        data.load("digits", image_size=0)
+    with pytest.raises(DataError, match="cifar10 takes no option"):
+        data.load("cifar10", image_size=16)
+
+
+def numbered(num_train: int, labels: list[int]) -> data.DataSplits:
+    """Splits whose training image ``i`` carries ``i`` in its first two pixels."""
+    index = torch.arange(num_train)
+    images = torch.zeros(num_train, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = index % 256, index // 256
+    train = ImageSet(images, torch.tensor(labels))
+    test = ImageSet(images[:5], torch.tensor(labels[:5]))
+    return make_splits("numbered", train, test, max(labels) + 1)
+
+
+def kept(splits: data.DataSplits) -> list[int]:
+    first = splits.train.images[:, 0, 0].long()
+    return (first[:, 0] + 256 * first[:, 1]).tolist()
+
+
+def test_subset_is_balanced_seeded_nested_and_recorded() -> None:
+    labels = [i % 3 for i in range(300)]
+    labels[:7] = [2] * 7  # classes of unequal size: 98, 98, 104
+    full = numbered(300, labels)
+    ten = data.subset_per_class(full, 10, seed=4)
+    assert ten.num_train == 30 and ten.train_per_class == 10 and ten.subset_seed == 4
+    assert torch.bincount(ten.train.labels).tolist() == [10, 10, 10]
+    chosen = kept(ten)
+    assert chosen == sorted(chosen) and len(set(chosen)) == 30
+    assert ten.train.labels.tolist() == [labels[i] for i in chosen]
+    assert (ten.mean, ten.std, ten.test) == (full.mean, full.std, full.test)
+    assert kept(data.subset_per_class(full, 10, seed=4)) == chosen  # seed and data alone
+    other = kept(data.subset_per_class(full, 10, seed=5))
+    assert other != chosen
+    assert set(chosen) < set(kept(data.subset_per_class(full, 30, seed=4)))
+    # one class's draw does not depend on the others: move samples between classes 0 and 2
+    relabelled = numbered(
+        300, [y if y == 1 else (0 if i < 40 else 2) for i, y in enumerate(labels)]
+    )
+    ones = [i for i in kept(data.subset_per_class(relabelled, 10, seed=4)) if labels[i] == 1]
+    assert ones == [i for i in chosen if labels[i] == 1]
+    with pytest.raises(DataError, match="already a subset of 10 per class"):
+        data.subset_per_class(ten, 5)
+    with pytest.raises(DataError, match="positive integer, got 0"):
+        data.subset_per_class(full, 0)
+
+
+def test_subset_larger_than_a_class_names_it(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError, match="numbered: train_per_class=97 exceeds the 96 training images of class 2$"
+    ):
+        data.subset_per_class(numbered(290, [i % 3 for i in range(290)]), 97)
+    for split in ("train", "test"):
+        for name, count in (("ant", 3), ("bee", 2), ("cat", 3)):
+            for i in range(count):
+                write_png(tmp_path / split / name / f"{i}.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"exceeds the 2 training images of class 1 \(bee\)"):
+        data.load("imagefolder", tmp_path, train_per_class=3)
+    two = data.load("imagefolder", tmp_path, train_per_class=2, subset_seed=1)
+    assert two.num_train == 6 and len(two.test) == 8 and two.classes == ("ant", "bee", "cat")
+
+
+def test_digits_low_label_through_load() -> None:
+    splits = data.load("digits", image_size=8, train_per_class=30, subset_seed=2)
+    assert splits.num_train == 300 and splits.train_per_class == 30 and splits.subset_seed == 2
+    assert torch.bincount(splits.train.labels).tolist() == [30] * 10
+    assert len(splits.test) == 450
+    again = data.load("digits", image_size=8, train_per_class=30, subset_seed=2)
+    assert torch.equal(again.train.images, splits.train.images)
+
+
 def test_registry_errors_and_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert data.available() == ["cifar10", "cifar100", "digits", "imagefolder", "svhn", "synthetic"]
+    assert data.available() == [
+        "cifar10",
+        "cifar100",
+        "digits",
+        "imagefolder",
+        "imagenet",
+        "svhn",
+        "synthetic",
+    ]
     with pytest.raises(DataError, match="unknown data set 'x'; choose from cifar10, cifar100"):
         data.load("x")
     with pytest.raises(DataError, match="bogus"):

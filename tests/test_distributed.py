@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TinyNet
 
-from mhkd import api, data
+from mhkd import data
+from runs import training_run
 
 SETTINGS = {"epochs": 2, "batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32",
             "device": "cpu", "seed": 3}  # fmt: skip
@@ -34,8 +35,8 @@ def _rank_main(rank: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
     teacher, student = _models()
-    run = api.trainer(student, _splits(), teacher=teacher, method="kd", out=out, **SETTINGS)
-    assert run.world_size == 2 and run.train_loader.batch_size == 16
+    run = training_run(student, _splits(), teacher=teacher, method="kd", out=out, **SETTINGS)
+    assert run.loop.world_size == 2 and run.loop.train_loader.batch_size == 16
     run.fit()
     if rank == 0:
         torch.save(run.student.state_dict(), os.path.join(out, "weights.pt"))
@@ -52,7 +53,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
 
     teacher, student = _models()
-    single = api.trainer(
+    single = training_run(
         student, _splits(), teacher=teacher, method="kd", out=tmp_path / "one", **SETTINGS
     )
     summary = single.fit()

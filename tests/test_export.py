@@ -132,3 +132,51 @@ def test_missing_or_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path, capsy
     save_deployable(TinyNet(), user)
     assert "Python API" in error_line(capsys, ["export", str(user), *out])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_nonfinite_weights_are_refused_not_exported(tmp_path: Path, capsys):
+    model = models.create("resnet8", num_classes=4)
+    with torch.no_grad():
+        model.layer1[0].conv2.weight[0, 0, 1, 1] = float("nan")
+    save_deployable(model, tmp_path / "best.pt")
+    argv = ["export", str(tmp_path / "best.pt"), "--onnx", str(tmp_path / "m.onnx")]
+    line = error_line(capsys, argv)
+    assert "NaN or infinite values in 1 tensors (layer1.0.conv2.weight)" in line
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(export.ExportError, match="logits are NaN or infinite"):
+        export.to_onnx(model, tmp_path / "user.onnx", (3, 16, 16))  # a user's module, too
+
+
+def repdistiller_resnet8(path: Path) -> nn.Module:
+    """A resnet8 saved as RepDistiller saves its teachers (their key names, nested, extras)."""
+    torch.manual_seed(0)
+    model = trained_like(models.create("resnet8", num_classes=100)).eval()
+    theirs = {k.replace("classifier.", "fc.").replace(".shortcut.", ".downsample."): v
+              for k, v in model.state_dict().items()}  # fmt: skip
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 240, "model": theirs, "accuracy": torch.tensor(70.1), "optimizer": {}},
+               path)  # fmt: skip
+    return model
+
+
+def test_foreign_teacher_exports_its_own_logits(tmp_path: Path, capsys):
+    ckpt = tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    model = repdistiller_resnet8(ckpt)
+    onnx_file = tmp_path / "teacher.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(onnx_file), "--no-latency"]) == 0
+    x = torch.randn(3, 3, 32, 32)
+    np.testing.assert_allclose(run_onnx(onnx_file, x), model(x).detach().numpy(), atol=1e-4)
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_file)).metadata_props}
+    assert meta["mhkd.arch"]["name"] == "resnet8" and meta["mhkd.data"] == "cifar100"
+    assert meta["mhkd.test_acc"] == pytest.approx(70.1)
+
+
+def test_export_arch_flag_overrides_an_unhelpful_folder(tmp_path: Path, capsys):
+    ckpt = tmp_path / "resnet56_vanilla" / "mine.pth"  # the folder is wrong about the model
+    model = repdistiller_resnet8(ckpt)
+    out = ["--onnx", str(tmp_path / "t.onnx"), "--no-latency"]
+    assert "do not fit resnet56" in error_line(capsys, ["export", str(ckpt), *out])
+    assert main(["export", str(ckpt), "--arch", "resnet8", *out]) == 0
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x).detach().numpy()
+    np.testing.assert_allclose(run_onnx(tmp_path / "t.onnx", x), expected, atol=1e-4)

@@ -4,9 +4,10 @@ CRD's memory banks survive checkpoints and stay identical across data-parallel r
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import io
 import os
+import signal
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +19,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from mhkd import losses
+from mhkd import config, losses
 from mhkd.data.batch import Batch
 from mhkd.losses.crd import ContrastMemory
-from mhkd.methods import MethodContext, MethodSet, ModelOutput
+from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse
 from mhkd.methods.base import method_class
+from mhkd.pipelines.training import TrainingRun
+from mhkd.preemption import RunInterrupted
 from mhkd.taps import Taps
 
 BASELINES = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "crd", "dkd")
@@ -211,7 +214,7 @@ def test_dkd_warms_up_over_twenty_epochs():
     teacher, student = make_pair()
     methods = MethodSet("dkd", context(teacher, student))
     dkd = methods.methods["dkd"]
-    assert methods.teacher_inputs == "logits"
+    assert methods.teacher_use == TeacherUse.OUTPUTS  # logits only: a teacher cache serves it
     batch = make_batch()
     s_out, t_out = outputs(methods, teacher, student, batch)
     full = losses.dkd(s_out.logits, t_out.logits, batch.labels, 1.0, 8.0, 4.0)
@@ -254,20 +257,40 @@ def test_a_model_without_tap_names_asks_for_layers():
         MethodSet("crd", context(teacher, plain))
 
 
-def test_method_flags_reach_constructor_keywords():
-    parser = argparse.ArgumentParser(conflict_handler="resolve")
-    for name in BASELINES:
-        cls = method_class(name)
-        if not hasattr(cls, "add_arguments"):
-            continue
-        before = {a.dest for a in parser._actions}
-        cls.add_arguments(parser)
-        added = {a.dest for a in parser._actions} - before - {"help"}
-        params = set(inspect.signature(cls.__init__).parameters) - {"self", "ctx"}
-        assert added <= params, (name, added - params)
-    args = parser.parse_args(["--dkd-beta", "6", "--temperature", "2", "--crd-negatives", "100"])
-    assert (args.dkd_beta, args.temperature, args.negatives) == (6.0, 2.0, 100)
-    assert not hasattr(args, "nce_temperature")  # absent flags leave the defaults
+def test_method_flags_reach_the_options_of_their_own_method():
+    parser = argparse.ArgumentParser()
+    config.add_method_flags(parser)  # raises on any clash: every flag is --METHOD.FIELD
+    flags = {o for a in parser._actions for o in a.option_strings}
+    for name in (*BASELINES, "kd"):
+        fields = dataclasses.fields(method_class(name).Options)
+        assert {f"--{name}.{f.name.replace('_', '-')}" for f in fields} <= flags, name
+    assert "--temperature" not in flags and "--dkd-beta" not in flags  # the old flat names
+    args = parser.parse_args(["--method", "crd+dkd", "--dkd.beta", "6", "--dkd.temperature",
+                              "2", "--kd.temperature", "3", "--crd.negatives", "100"])  # fmt: skip
+    tree = config.overrides(args)
+    assert tree["method"] == "crd+dkd"
+    options = config.resolve_options(tree["method"], tree["options"])
+    assert set(options) == {"kd", "crd", "dkd"}  # crd brings its companion kd
+    assert (options["dkd"].beta, options["dkd"].temperature) == (6.0, 2.0)
+    assert options["kd"].temperature == 3.0 and options["crd"].negatives == 100
+    assert options["dkd"].alpha == 1.0 and options["crd"].nce_temperature == 0.07  # defaults
+    teacher, student = make_pair()
+    ctx = MethodContext(student, teacher, num_classes=4, num_samples=256, input_shape=(3, 16, 16))
+    methods = MethodSet("crd+dkd", ctx, options)
+    dkd = methods.methods["dkd"]
+    assert (dkd.beta, dkd.temperature) == (6.0, 2.0)
+    memory = methods.methods["crd"].memory
+    assert (memory.negatives, memory.temperature) == (100, 0.07)
+    batch = make_batch()
+    s_out, t_out = outputs(methods, teacher, student, batch)
+    methods.start_epoch(100)  # past the warm-up
+    expected = losses.dkd(s_out.logits, t_out.logits, batch.labels, 1.0, 6.0, 2.0)
+    torch.testing.assert_close(methods(s_out, t_out, batch)["dkd"], expected)
+    torch.testing.assert_close(
+        methods(s_out, t_out, batch)["kd"], losses.kd(s_out.logits, t_out.logits, 3.0)
+    )
+    with pytest.raises(SystemExit):  # a bad value is refused by the parser, naming the flag
+        parser.parse_args(["--crd.negatives", "many"])
 
 
 # ---- CRD's memory banks: checkpoints -----------------------------------------------------------
@@ -314,33 +337,40 @@ def test_crd_banks_round_trip_through_a_checkpoint():
         assert torch.equal(restored.state_dict()[key], value), key
 
 
-def test_crd_resume_restores_the_banks(tmp_path, tiny_data):
-    from mhkd import api
+def _stop_after_first_epoch(record: dict) -> None:
+    """A logger that signals the run as a scheduler would: it stops at the epoch's end."""
+    if record["epoch"] == 1:
+        signal.raise_signal(signal.SIGUSR1)
 
+
+def test_crd_resume_restores_the_banks(tmp_path, tiny_data):
     teacher, _ = make_pair()
-    common = dict(
-        teacher=teacher,
-        method="crd",
-        epochs=2,
-        batch_size=64,
-        lr=0.05,
-        quiet=True,
-        precision="fp32",
-        device="cpu",
-    )
+    settings = config.build(
+        config.from_keywords(method="crd", epochs=2, batch_size=64, lr=0.05, quiet=True,
+                             precision="fp32", device="cpu")
+    )  # fmt: skip
+
+    def run(name, student, **options):
+        return TrainingRun(settings, tmp_path / name, student=student, teacher=teacher,
+                           splits=tiny_data, **options)  # fmt: skip
 
     def student():
         torch.manual_seed(1)
         return SmallCNN(6)
 
-    straight = api.trainer(student(), tiny_data, out=tmp_path / "a", **common)
+    straight = run("a", student())
     straight.fit()
-    interrupted = api.trainer(student(), tiny_data, out=tmp_path / "b", **common)
-    interrupted.fit(until_epoch=1)
-    resumed = api.trainer(SmallCNN(6), tiny_data, out=tmp_path / "b", resume=True, **common)
+    interrupted = run("b", student(), loggers=[_stop_after_first_epoch])
+    with pytest.raises(RunInterrupted, match="after epoch 1"):
+        interrupted.fit()
+    resumed = run("b", SmallCNN(6), resume=True)
     resumed.fit()
-    a, b = straight.methods.state_dict(), resumed.methods.state_dict()
+    a, b = straight.step.methods.state_dict(), resumed.step.methods.state_dict()
     assert a["methods.crd.memory.student_bank"].shape[0] == len(tiny_data.train.labels)
+    assert not torch.equal(  # the banks moved in epoch 2: the comparison below can fail
+        a["methods.crd.memory.student_bank"],
+        interrupted.step.methods.state_dict()["methods.crd.memory.student_bank"],
+    )
     for key in a:
         assert torch.equal(a[key], b[key]), key
     sa, sb = straight.student.state_dict(), resumed.student.state_dict()
@@ -422,37 +452,44 @@ TABLE1_PAIRS = [
     ("vgg13", "mobilenetv2"),
     ("resnet32x4", "shufflenetv2"),
 ]
-RECIPE_KEYS = {
-    "data", "teacher", "student", "method", "epochs", "batch_size", "lr", "schedule",
-    "weight_decay", "momentum", "options", "weights", "paper",
-}  # fmt: skip
+RECIPE_SECTIONS = {"data", "models", "method", "optim", "schedule"}  # plus options, if any
+#: DKD's per-pair beta of the reference configs (mdistiller); the other options are defaults.
+WITH_KD = {"fitnet", "cc", "rkd", "crd", "mhkd"}  # methods that bring KD along (weights above)
+DKD_BETA = {"resnet20": 2.0, "shufflenetv2": 8.0, "mobilenetv2": 6.0, "vgg8": 6.0, "wrn_16_2": 6.0}
 
 
 def test_every_baseline_has_a_recipe_for_every_table1_pair():
     from mhkd import models
-    from mhkd.methods.base import split_options
-    from mhkd.recipes import read_recipe
 
     found = {}
     for path in sorted(RECIPES.glob("*.yaml")):
-        recipe = read_recipe(path)
-        assert set(recipe) == RECIPE_KEYS, path.name
-        assert recipe["data"] == "cifar100" and recipe["epochs"] == 240
-        assert recipe["batch_size"] == 64 and recipe["momentum"] == 0.9
-        assert recipe["weight_decay"] == 5e-4
-        assert recipe["schedule"] == {
-            "kind": "multistep",
-            "milestones": [150, 180, 210],
-            "gamma": 0.1,
-        }
-        small = recipe["student"] in ("mobilenetv2", "shufflenetv2")
-        assert recipe["lr"] == (0.01 if small else 0.05), path.name
-        assert {recipe["teacher"], recipe["student"]} <= set(models.available())
-        split_options(recipe["method"], recipe["options"])  # every option reaches a method
-        top1 = recipe["paper"]["top1"]
+        tree, notes = config.read_recipe(path)
+        assert set(tree) - {"options"} == RECIPE_SECTIONS, path.name
+        run = config.build(tree)  # the tree the run gets; every option reaches a dataclass
+        m = run.models
+        assert run.data.name == "cifar100" and run.schedule.epochs == 240
+        assert run.optim.batch_size == 64 and run.optim.momentum == 0.9
+        assert run.optim.weight_decay == 5e-4 and run.weights == {}
+        sched = run.schedule
+        assert (sched.kind, sched.milestones, sched.gamma) == ("multistep", [150, 180, 210], 0.1)
+        small = m.student in ("mobilenetv2", "shufflenetv2")
+        assert run.optim.lr == (0.01 if small else 0.05), path.name
+        assert {m.teacher_arch, m.student} <= set(models.available())
+        assert m.teacher.endswith(f"/{m.teacher_arch}_vanilla/ckpt_epoch_240.pth"), path.name
+        parts = set(run.method.split("+"))
+        assert set(run.options) == parts | ({"kd"} if parts & WITH_KD else set()), path.name
+        for name, options in run.options.items():
+            assert isinstance(options, method_class(name).Options), (path.name, name)
+            given = tree.get("options", {}).get(name, {})
+            assert all(getattr(options, k) == v for k, v in given.items()), (path.name, name)
+            if name == "dkd":
+                assert options.beta == DKD_BETA[m.student], path.name
+            else:  # the benchmark's defaults
+                assert options == method_class(name).Options(), (path.name, name)
+        top1 = notes["paper"]["top1"]
         assert top1 is None or 55 < top1 < 80, path.name
-        assert recipe["paper"]["source"]
-        found[(recipe["method"], recipe["teacher"], recipe["student"])] = top1
+        assert notes["paper"]["source"]
+        found[(run.method, m.teacher_arch, m.student)] = top1
     methods = (*BASELINES, "crd+mhkd")
     assert set(found) == {(m, t, s) for m in methods for t, s in TABLE1_PAIRS}
     assert found[("fitnet", "wrn_40_2", "wrn_16_2")] == 75.12

@@ -1,4 +1,5 @@
-"""The CIFAR zoo: sizes match the benchmark (spec section 5), tap names work, registry behaves."""
+"""The zoo: CIFAR sizes match the benchmark (spec section 5), tap names work, registry behaves,
+old specs and pruned specs rebuild. ImageNet networks: tests/test_imagenet_models.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from mhkd.models import available, count_macs, count_params, create, profile
+from mhkd import checkpoint
+from mhkd.models import (
+    ImageNetResNet,
+    ResNet,
+    available,
+    channel_shapes,
+    count_macs,
+    count_params,
+    create,
+    from_spec,
+    profile,
+)
 
 # spec/methods.md section 5: (name, params in M, MMACs) at num_classes=100, 32x32 input
 SPEC = [
@@ -24,7 +36,7 @@ SPEC = [
     ("mobilenetv2", 0.813, 6.5),
     ("shufflenetv1", 0.949, 38.7),
     ("shufflenetv2", 1.356, 44.5),
-    ("resnet50", 23.705, 1298.0),
+    ("resnet50_cifar", 23.705, 1298.0),
 ]
 
 
@@ -105,12 +117,18 @@ def test_full_zoo_is_registered() -> None:
         *(f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)),
         "resnet8x4",
         "resnet32x4",
-        "resnet50",
+        "resnet50_cifar",
         *(f"wrn_{d}_{k}" for d in (16, 40) for k in (1, 2)),
         *(f"vgg{d}" for d in (8, 11, 13, 16, 19)),
         "mobilenetv2",
         "shufflenetv1",
         "shufflenetv2",
+        # ImageNet, torchvision's names
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenet_v2",
+        "mobilenetv1",
     }
     assert set(available()) == expected
 
@@ -136,7 +154,7 @@ def test_resnet20_twice_as_wide() -> None:
     ("name", "width_mult"),
     [
         ("resnet8", 2.0),
-        ("resnet50", 0.5),
+        ("resnet50_cifar", 0.5),
         ("wrn_16_1", 2.0),
         ("vgg8", 2.0),
         ("mobilenetv2", 2.0),
@@ -174,3 +192,44 @@ def test_macs_count_grouped_convs_and_restore_modes() -> None:
     assert model.training and model[0].training and not model[2].training
     assert all(not m._forward_hooks for m in model.modules())
     assert count_params(model) == (8 // 4 * 9 * 16 + 16) + (9 * 16 + 16) + 32 + 650
+
+
+def test_specs_without_zoo_generation_use_the_old_names(tmp_path) -> None:
+    """Checkpoints written before the ImageNet zoo call the CIFAR ResNet-50 ``resnet50``."""
+    torch.manual_seed(0)
+    cifar = create("resnet50_cifar", num_classes=10, width_mult=0.25).eval()
+    old_spec = {"name": "resnet50", "num_classes": 10, "kwargs": {"width_mult": 0.25}}
+    path = tmp_path / "old.pt"
+    checkpoint.save({"arch": old_spec, "model": cifar.state_dict()}, path)
+    rebuilt = checkpoint.build_model(checkpoint.load(path), path).eval()
+    assert type(rebuilt) is ResNet
+    assert rebuilt.zoo_spec == {**old_spec, "name": "resnet50_cifar", "zoo": 2}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), cifar(x))
+    assert type(from_spec({**old_spec, "zoo": 2})) is ImageNetResNet
+    assert type(from_spec({**old_spec, "name": "resnet20"})) is ResNet  # others keep their name
+
+
+def test_from_spec_resizes_to_pruned_channels() -> None:
+    # resnet8's first block with 5 of its 16 inner channels: conv1 out, bn1, conv2 in
+    pruned = {"layer1.0.conv1": [16, 5, 1], "layer1.0.bn1": [5], "layer1.0.conv2": [5, 16, 1]}
+    spec = {**create("resnet8", num_classes=10).zoo_spec, "pruned_channels": pruned}
+    model = from_spec(spec)
+    assert model.zoo_spec == spec and model.pruned_channels == pruned
+    shapes = channel_shapes(model)
+    assert {name: shapes[name] for name in pruned} == pruned
+    block = model.layer1[0]
+    assert block.conv1.weight.shape == (5, 16, 3, 3) and block.conv2.weight.shape == (16, 5, 3, 3)
+    assert count_params(model) == count_params(create("resnet8", num_classes=10)) - 11 * (
+        16 * 9 + 2 + 16 * 9
+    )
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_profile_measures_at_the_models_own_input_size() -> None:
+    assert create("resnet20").default_input_size == 32
+    model = create("resnet18", num_classes=10, width_mult=0.25)
+    assert count_macs(model) == count_macs(model, (3, 224, 224)) > count_macs(model, (3, 32, 32))
+    user_module = nn.Sequential(nn.Conv2d(3, 4, 1))  # no default_input_size: 32x32
+    assert count_macs(user_module) == 4 * 3 * 32 * 32

@@ -9,10 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TinyNet
+from test_foreign_checkpoints import cifar_resnet_keys, repdistiller_file, trained_like
 from torch import nn
 
-from mhkd import checkpoint, cli, models
+from mhkd import checkpoint, cli, data, models
+from mhkd import config as cfg
+from mhkd.data import make_loaders
+from mhkd.loop import evaluate
 from mhkd.models.complexity import count_params
+from mhkd.pipelines.prune import PruneRunConfig, TeacherLadder, prune
 from mhkd.prune import (
     Cascade,
     MaskedNet,
@@ -24,11 +29,8 @@ from mhkd.prune import (
     find_layout,
     global_masks,
     hint_loss,
-    load_pruned,
     magnitude_scores,
-    prune,
 )
-from mhkd.prune.run import TeacherLadder
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -267,7 +269,7 @@ def test_export_equals_the_masked_model_and_rebuilds_from_its_spec(name, tmp_pat
     assert count_params(small) < 0.6 * count_params(model)
     path = tmp_path / "pruned.pt"
     checkpoint.save({"arch": small.zoo_spec, "model": small.state_dict()}, path)
-    rebuilt = load_pruned(path).eval()
+    rebuilt = checkpoint.build_model(checkpoint.load(path), path).eval()
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), expected, atol=1e-4)
 
@@ -291,7 +293,8 @@ def test_exported_model_runs_in_onnxruntime(tmp_path):
 # ---- bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize("keep", [0.0, -0.1, 1.5])
 def test_keep_outside_zero_one_is_refused(keep, tiny_data):
-    with pytest.raises(PruneError, match=r"keep fraction must be in \(0, 1\]"):
+    # the settings are checked as the configuration tree is built: prune.keep is named
+    with pytest.raises(cfg.ConfigError, match=r"^prune: keep fraction must be in \(0, 1\]"):
         prune(TinyNet(), tiny_data, keep=keep)
 
 
@@ -315,7 +318,7 @@ def test_unsupported_layer_type_is_named():
 def test_cli_bad_keep_is_one_line_exit_2(capsys):
     assert cli.main(["prune", "--model", "resnet8", "--keep", "0", "--data", "synthetic"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mhkd: error: keep fraction must be in (0, 1], got 0.0"]
+    assert err == ["mhkd: error: prune: keep fraction must be in (0, 1], got 0.0"]
 
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -333,16 +336,17 @@ def test_cascade_run_exports_a_smaller_student_and_resumes(tiny_data, fast, tmp_
     assert summary["stage1"]["export_max_abs_diff"] < 1e-4
     assert summary["stage1"]["kept_fractions"][0] == pytest.approx(0.5, abs=0.02)
     stage1 = [json.loads(x) for x in (out / "stage1/metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in stage1] == [0, 1] and len(stage1[0]["test_acc_models"]) == 3
+    assert [r["epoch"] for r in stage1] == [1, 2] and len(stage1[0]["test_acc_models"]) == 3
     for path in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / path).is_file()
-    best = load_pruned(out / "checkpoints/best.pt")
+    best_path = out / "checkpoints/best.pt"
+    best = checkpoint.build_model(checkpoint.load(best_path), best_path)
     assert count_params(best) == summary["params_after"]
 
     resumed = prune(teacher, tiny_data, keep=0.5, assistants=2, out=out, resume=True,
                     **{**options, "finetune_epochs": 2})  # fmt: skip
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]  # stage 1 was not repeated
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # stage 1 was not repeated
     assert resumed.summary["params_after"] == summary["params_after"]
 
 
@@ -363,7 +367,10 @@ def test_cli_prunes_a_checkpoint_with_a_recipe_and_overriding_flags(tmp_path, ca
     path = tmp_path / "teacher.pt"
     checkpoint.save({"arch": teacher.zoo_spec, "model": teacher.state_dict()}, path)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("data: digits\nkeep: 0.9\nassistants: 1\nepochs: 1\nfinetune_epochs: 1\n")
+    recipe.write_text(
+        "data: {name: digits, train_per_class: 20}\nschedule: {epochs: 1}\n"
+        "prune: {keep: 0.9, assistants: 1, finetune_epochs: 1}\n"
+    )
     out = tmp_path / "run"
     argv = ["prune", "--model", str(path), "--recipe", str(recipe), "--keep", "0.5",
             "--precision", "fp32", "--quiet", "--out", str(out)]  # fmt: skip
@@ -376,15 +383,38 @@ def test_cli_prunes_a_checkpoint_with_a_recipe_and_overriding_flags(tmp_path, ca
 def test_shipped_prune_recipes_are_valid_and_unknown_keys_are_refused(tmp_path):
     from pathlib import Path
 
-    from mhkd.prune.cli import read_recipe
-    from mhkd.prune.run import PruneConfig
-
     recipes = sorted((Path(__file__).parents[1] / "recipes" / "prune").glob("*.yaml"))
     assert recipes
     for path in recipes:
-        recipe = read_recipe(path)
-        PruneConfig(**{k: v for k, v in recipe.items() if k not in ("data", "paper", "notes")})
+        tree, notes = cfg.read_recipe(path, PruneRunConfig)
+        config = cfg.build(tree, str(path), PruneRunConfig)
+        assert config.prune.keep == tree["prune"]["keep"] and "# " not in str(notes)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("keep: 0.5\nkeeep: 0.4\n")
-    with pytest.raises(ValueError, match="unknown prune recipe key"):
-        read_recipe(bad)
+    bad.write_text("prune:\n  keep: 0.5\n  keeep: 0.4\n")
+    with pytest.raises(cfg.ConfigError, match=r"unknown key\(s\) prune\.keeep"):
+        cfg.read_recipe(bad, PruneRunConfig)
+
+
+def test_cli_prunes_a_repdistiller_checkpoint_of_the_arch_given(tmp_path, capsys):
+    """A RepDistiller file in a folder that names another network: ``--arch`` says what it
+    is, and stage 1 starts from the file's weights (its top rung is the original's accuracy)."""
+    original = trained_like(models.create("resnet8", num_classes=10))
+    path = tmp_path / "resnet14_vanilla" / "ckpt_epoch_240.pth"
+    repdistiller_file(original, cifar_resnet_keys, path)
+    out = tmp_path / "run"
+    argv = ["prune", "--model", str(path), "--data", "synthetic", "--train-per-class", "8",
+            "--epochs", "1", "--finetune-epochs", "0", "--keep", "0.5", "--assistants", "1",
+            "--latency-repeats", "1", "--batch-size", "32", "--precision", "fp32",
+            "--device", "cpu", "--quiet", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 2  # the folder's name is wrong and nothing overrides it
+    assert "do not fit resnet14" in capsys.readouterr().err
+    assert cli.main([*argv, "--arch", "resnet8"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prune"]["arch"] == "resnet8" and summary["model"] == "resnet8"
+    assert summary["params_before"] == count_params(original)
+    # no fine-tuning: the run's result is the exported student as stage 1 left it
+    assert summary["test_acc"] == summary["stage1"]["test_acc_models"][0]
+    assert summary["params"] == summary["params_after"] < summary["params_before"]
+    test_loader = make_loaders(data.load("synthetic"), 64)[1]
+    expected = evaluate(original, test_loader, torch.device("cpu"))
+    assert summary["stage1"]["ladder_test_acc"][-1] == pytest.approx(expected)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from html import escape
 from pathlib import Path
 
 import pytest
 from conftest import FAST
 
 from mhkd import api, data
+from mhkd import config as cfg
 from mhkd.cli import main
-from mhkd.report import find_runs, read_run, write_report
+from mhkd.report import RUNTIME_FIELDS, Run, find_runs, group_runs, read_run, write_report
+from mhkd.report.grouping import setting
+from mhkd.rundir import RunDirectory, RunSummary
+from runs import stop_after, training_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,9 +33,9 @@ def runs(tmp_path_factory) -> Path:
     for seed in (0, 1):
         api.distill(teacher, "resnet8", splits, out=root / f"kd-s{seed}", epochs=2, seed=seed,
                     **FAST)  # fmt: skip
-    killed = api.trainer("resnet8", splits, teacher=teacher, method="kd", out=root / "kd-s2",
-                         epochs=2, seed=2, **FAST)  # fmt: skip
-    killed.fit(until_epoch=1)  # stops like a killed run: metrics and checkpoints, no summary
+    killed = training_run("resnet8", splits, teacher=teacher, method="kd", out=root / "kd-s2",
+                          epochs=2, seed=2, **FAST)  # fmt: skip
+    stop_after(killed, 1)  # stops like a killed run: metrics and checkpoints, no summary
     api.distill(teacher, "resnet8", other, out=root / "other" / "kd", epochs=1, **FAST)
     return root
 
@@ -125,8 +130,8 @@ def test_cli_accepts_a_parent_folder(runs: Path, tmp_path: Path, capsys):
 def test_cut_metrics_line_is_ignored_and_bad_input_is_one_line(tmp_path: Path, capsys):
     run = tmp_path / "cut"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 50.0}\n{"epoch": 1, "te')
-    assert [r["epoch"] for r in read_run(run).metrics] == [0]
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.0}\n{"epoch": 2, "te')
+    assert [r["epoch"] for r in read_run(run).metrics] == [1]
 
     assert main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
@@ -149,3 +154,71 @@ def test_pruning_run_is_compared_with_its_original_and_stage1_is_part_of_it(tmp_
     row = row_of(result["markdown"].read_text(), "digits", "resnet8", "resnet8 pruned")
     assert row[3:] == ["prune (cascade, 2 assistants, keep 0.5)", "1 (0)", "70.00", "71.00",
                        "0.000", "0.0", "75.0", "1m 30s"]  # fmt: skip
+
+
+def fake_run(path: Path, seed: int, test_acc: float, **settings) -> None:
+    """A finished run's config.yaml and summary.json, shaped as a training run writes them
+    (the resolved configuration tree); ``settings`` are flat names as in ``mhkd.api``."""
+    settings = {"epochs": 2, "batch_size": 64, "lr": 0.05, "precision": "fp32", "seed": seed,
+                "weights": {"ce": 0.1, "kd": 0.9}, "data": "digits", "method": "kd",
+                "teacher": "t.pt", "student": "resnet8", "device": "cpu", "quiet": False,
+                **settings}  # fmt: skip
+    config = cfg.to_dict(cfg.build(cfg.from_keywords(**settings)))
+    config["resolved"] = {"device": settings["device"], "teacher": "resnet32",
+                          "student": "resnet8", "num_classes": 10}  # fmt: skip
+    summary = RunSummary(
+        test_acc=test_acc, best_test_acc=test_acc + 1, best_epoch=2, params=1000, macs=2000,
+        model="resnet8", teacher="resnet32", method="kd", data="digits", num_classes=10,
+        epochs=2, seed=seed, seconds=10.0, precision=settings["precision"], channels_last=False,
+        world_size=1, peak_host_memory_mb=100.0,
+    )  # fmt: skip
+    with RunDirectory(path).claim() as run:
+        run.write_config(config)
+        run.write_summary(summary)
+
+
+def test_only_runs_that_differ_by_seed_alone_are_pooled(tmp_path: Path):
+    root = tmp_path / "runs"
+    fake_run(root / "a0", 0, 60.0)
+    fake_run(root / "a1", 1, 64.0, device="cuda:1", quiet=True, tensorboard=True)  # runtime only
+    fake_run(root / "b0", 0, 70.0, batch_size=32)
+    fake_run(root / "c0", 0, 80.0, precision="bf16", weights={"ce": 0.5, "kd": 0.9})
+    result = write_report([root], tmp_path / "report")
+    md = result["markdown"].read_text()
+
+    assert [[r.path.name for r in g.runs] for g in result["groups"]] == [["b0"], ["c0"],
+                                                                          ["a0", "a1"]]  # fmt: skip
+    base = ["digits", "resnet32", "resnet8"]
+    row = row_of(md, *base, "kd [optim.batch_size=64, runtime.precision=fp32, weights.ce=0.1]")
+    assert row[4:6] == ["2 (0, 1)", f"62.00 ± {statistics.stdev([60.0, 64.0]):.2f}"]
+    row = row_of(md, *base, "kd [optim.batch_size=32, runtime.precision=fp32, weights.ce=0.1]")
+    assert row[4:6] == ["1 (0)", "70.00"]
+    row = row_of(md, *base, "kd [optim.batch_size=64, runtime.precision=bf16, weights.ce=0.5]")
+    assert row[4:6] == ["1 (0)", "80.00"]
+    note = ("resnet32 -> resnet8 (kd): runs not pooled, their configurations differ in "
+            "optim.batch_size, runtime.precision, weights.ce.")  # fmt: skip
+    assert note in md and escape(note) in result["html"].read_text()
+    assert result["groups"][0].label == "resnet32 -> resnet8 (kd; optim.batch_size=32, "\
+        "runtime.precision=fp32, weights.ce=0.1)"  # fmt: skip
+
+
+def test_settings_ignore_runtime_fields_at_any_depth_and_name_missing_ones():
+    config = {"seed": 3, "runtime": {"device": "cuda:0", "out": "runs/x"},
+              "optim": {"lr": 0.1, "milestones": [2, 3]}, "method": "kd"}  # fmt: skip
+    assert setting(config) == (
+        ("method", "kd"),
+        ("optim.lr", "0.1"),
+        ("optim.milestones", "[2, 3]"),
+    )
+    assert {"seed", "out", "resume", "overwrite", "quiet", "tensorboard"} <= RUNTIME_FIELDS
+    groups, _ = group_runs(
+        [
+            Run(Path("a"), {"lr": 0.1}, [], RunSummary.from_dict(OLD_SUMMARY)),
+            Run(Path("b"), {"lr": 0.1, "gamma": 0.2}, [], RunSummary.from_dict(OLD_SUMMARY)),
+        ]
+    )
+    assert [g.variant for g in groups] == [{"gamma": "0.2"}, {"gamma": "unset"}]
+
+
+OLD_SUMMARY = {"test_acc": 70.0, "best_test_acc": 71.0, "params": 250, "macs": 4000, "seed": 0,
+               "seconds": 90.0, "model": "resnet8", "method": "kd", "data": "digits"}  # fmt: skip

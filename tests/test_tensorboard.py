@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from mhkd import api
 from mhkd.tensorboard import TensorBoardLogger, tag
+from runs import stop_after, training_run
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -40,34 +41,34 @@ def test_every_epoch_field_is_logged_and_readable(tmp_path: Path, tiny_data):
     for record in records:
         for key, value in record.items():
             if key != "epoch":
-                assert dict(logged[tag(key)])[record["epoch"] + 1] == pytest.approx(value, rel=1e-6)
+                assert dict(logged[tag(key)])[record["epoch"]] == pytest.approx(value, rel=1e-6)
 
 
 def test_resumed_run_appends_and_without_a_run_directory_is_refused(tmp_path: Path, tiny_data):
     out = tmp_path / "run"
-    api.trainer("resnet8", tiny_data, out=out, epochs=2, tensorboard=True, **FAST).fit(1)
-    api.trainer("resnet8", tiny_data, out=out, epochs=2, tensorboard=True, resume=True,
-                **FAST).fit()  # fmt: skip
+    stop_after(training_run("resnet8", tiny_data, out=out, epochs=2, tensorboard=True, **FAST), 1)
+    assert [step for step, _ in scalars(out / "tensorboard")["accuracy/test"]] == [1]
+    api.train("resnet8", tiny_data, out=out, epochs=2, tensorboard=True, resume=True, **FAST)
     assert [step for step, _ in scalars(out / "tensorboard")["accuracy/test"]] == [1, 2]
 
-    with pytest.raises(ValueError, match="run directory"):
-        api.trainer("resnet8", tiny_data, epochs=1, tensorboard=True, **FAST)
+    with pytest.raises(ValueError, match="--tensorboard needs a run directory"):
+        api.train("resnet8", tiny_data, epochs=1, tensorboard=True, **FAST)
 
 
 def test_epochs_repeated_after_a_resume_replace_the_old_points(tmp_path: Path):
     first = TensorBoardLogger(tmp_path)
-    for epoch, acc in enumerate([10.0, 20.0, 30.0]):  # killed before epoch 3's checkpoint
+    for epoch, acc in enumerate([10.0, 20.0, 30.0], 1):  # killed before epoch 3's checkpoint
         first({"epoch": epoch, "test_acc": acc})
     first.close()
     second = TensorBoardLogger(tmp_path)  # resumed from the checkpoint of epoch 2
-    second({"epoch": 2, "test_acc": 33.0})
+    second({"epoch": 3, "test_acc": 33.0})
     second.close()
     assert scalars(tmp_path)["accuracy/test"] == [(1, 10.0), (2, 20.0), (3, 33.0)]
 
 
 def test_only_rank_zero_writes(tmp_path: Path, monkeypatch):
     monkeypatch.setattr("mhkd.tensorboard.world", lambda: (1, 2))
-    TensorBoardLogger(tmp_path / "tb")({"epoch": 0, "test_acc": 1.0})
+    TensorBoardLogger(tmp_path / "tb")({"epoch": 1, "test_acc": 1.0})
     assert not (tmp_path / "tb").exists()
 
 

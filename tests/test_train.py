@@ -11,8 +11,11 @@ from conftest import TinyNet
 from torch import Tensor
 
 from mhkd import api, checkpoint
-from mhkd.methods import Method, register
-from mhkd.train import NonFiniteLossError, TrainConfig, Trainer, weighted_sum
+from mhkd import config as cfg
+from mhkd.loop import NonFiniteLossError, weighted_sum
+from mhkd.methods import Method, MethodContext, TeacherUse, register
+from mhkd.rundir import RunDirectory
+from runs import stop_after, stop_during, training_run
 
 
 def test_training_learns_and_writes_a_run_directory(tmp_path, tiny_data, fast):
@@ -27,47 +30,73 @@ def test_training_learns_and_writes_a_run_directory(tmp_path, tiny_data, fast):
     assert summary["num_classes"] == 4 and summary["seconds"] > 0
 
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]  # 1-based, as printed
     for line in lines:
         assert {"lr", "loss_ce", "test_acc", "images_per_s"} <= set(line)
     assert lines[-1]["test_acc"] == summary["test_acc"]
-    assert json.loads((out / "summary.json").read_text()) == summary
+    best_line = max(lines, key=lambda line: line["test_acc"])  # the first of equals, as the loop
+    assert summary["best_epoch"] == best_line["epoch"]
+    assert summary["best_test_acc"] == best_line["test_acc"]
+    assert json.loads((out / "summary.json").read_text()) == summary  # what the API returns
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["epochs"] == 3 and config["method"] == "ce" and config["milestones"] == [2, 2, 3]
+    assert config["schedule"]["epochs"] == 3 and config["method"] == "ce"
+    assert config["schedule"]["milestones"] == [2, 2, 3]
 
     best = checkpoint.load(out / "checkpoints" / "best.pt")
     model = TinyNet()
     model.load_state_dict(best["model"])  # the bare model, nothing extra
     assert best["test_acc"] == summary["best_test_acc"]
+    assert best["epoch"] == summary["best_epoch"]
     assert "optimizer" not in best
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_data, fast):
+@pytest.mark.parametrize("method", ["kd", "crd"])
+@pytest.mark.parametrize("where", ["boundary", "mid-epoch"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(
+    tmp_path, tiny_data, fast, method, where
+):
+    """KD, and CRD with its memory banks, optimiser-trained embeddings and sampled negatives:
+    stopped after epoch 2 or during epoch 3, the resumed run ends bit-identical."""
     teacher = TinyNet(width=12)
-    common = dict(teacher=teacher, method="kd", epochs=3, **fast)
+    common = dict(teacher=teacher, method=method, epochs=3, **fast)
 
     def student() -> TinyNet:
         torch.manual_seed(1)
         return TinyNet()
 
-    straight = api.trainer(student(), tiny_data, out=tmp_path / "a", **common)
-    straight.fit()
+    straight = training_run(student(), tiny_data, out=tmp_path / "a", **common)
+    straight_summary = straight.fit()
 
-    interrupted = api.trainer(student(), tiny_data, out=tmp_path / "b", **common)
-    interrupted.fit(until_epoch=2)  # as if killed after epoch 2
-    resumed = api.trainer(TinyNet(), tiny_data, out=tmp_path / "b", resume=True, **common)
-    assert resumed.epoch == 2
-    resumed.fit()
+    interrupted = training_run(student(), tiny_data, out=tmp_path / "b", **common)
+    if where == "boundary":
+        stop_after(interrupted, 2)
+    else:
+        stop_during(interrupted, 3, step=4)  # 3 steps of epoch 3 done, then lost
+    assert not (tmp_path / "b" / "summary.json").exists()
+    resumed = training_run(TinyNet(), tiny_data, out=tmp_path / "b", resume=True, **common)
+    assert resumed.loop.epoch == 2
+    resumed_summary = resumed.fit()
 
-    a, b = straight.student.state_dict(), resumed.student.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    a, b = straight.step.state_dict(), resumed.step.state_dict()
+    for part in ("model", "method"):  # the student and the method's extras and buffers
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    if method == "crd":  # its embeddings and memory banks were compared too
+        assert any("embed" in k for k in b["method"]) and any("memory" in k for k in b["method"])
+    one = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in two] == [1, 2, 3]
+    speed = ("images_per_s", "train_seconds")
+    assert [{k: v for k, v in r.items() if k not in speed} for r in two] == [
+        {k: v for k, v in r.items() if k not in speed} for r in one
+    ]
+    for key in ("test_acc", "best_test_acc", "best_epoch", "epochs"):
+        assert resumed_summary[key] == straight_summary[key], key
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, tiny_data, fast):
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        api.trainer(TinyNet(), tiny_data, out=tmp_path, resume=True, epochs=1, **fast)
+        training_run(TinyNet(), tiny_data, out=tmp_path, resume=True, epochs=1, **fast)
 
 
 @register
@@ -76,10 +105,9 @@ class _PoisonAfterFirstEpoch(Method):
 
     name = "test_poison"
     weights = {"poison": 1.0}
-    needs_teacher = False
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, ctx: MethodContext, options: object):
+        super().__init__(TeacherUse.NONE)
         self.epoch = 0
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
@@ -92,18 +120,22 @@ class _PoisonAfterFirstEpoch(Method):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, fast):
-    run = api.trainer(TinyNet(), tiny_data, method="test_poison", out=tmp_path, epochs=3, **fast)
-    with pytest.raises(NonFiniteLossError, match="'poison'"):
+    with pytest.raises(NonFiniteLossError, match="'poison' became nan in epoch 2"):
+        run = training_run(TinyNet(), tiny_data, method="test_poison", out=tmp_path, epochs=3,
+                           **fast)  # fmt: skip
         run.fit()
-    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    state = RunDirectory(tmp_path, readonly=True).load_last()
+    assert state["loop"]["epoch"] == 1
+    weights = state["step"]["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert not (tmp_path / "summary.json").exists()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]  # nothing of the bad epoch
 
 
 def test_teacher_with_other_class_count_is_refused(tiny_data, fast):
     with pytest.raises(ValueError, match="teacher predicts 7 classes but the data set has 4"):
-        api.trainer(TinyNet(), tiny_data, teacher=TinyNet(num_classes=7), method="kd", **fast)
+        api.distill(TinyNet(num_classes=7), TinyNet(), tiny_data, method="kd", **fast)
 
 
 def test_weighted_sum_and_unknown_terms():
@@ -116,15 +148,17 @@ def test_weighted_sum_and_unknown_terms():
 
 
 def test_config_rejects_nonsense():
-    with pytest.raises(ValueError, match="epochs"):
-        TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="schedule"):
-        TrainConfig(schedule="linear")
+    with pytest.raises(cfg.ConfigError, match="--epochs must be at least 1, got 0"):
+        cfg.build({"schedule": {"epochs": 0}})
+    with pytest.raises(cfg.ConfigError, match="schedule.kind must be one of"):
+        cfg.build({"schedule": {"kind": "linear"}})
+    with pytest.raises(cfg.ConfigError, match="unknown setting 'epoch'"):
+        cfg.from_keywords(epoch=3)
 
 
 def test_unknown_weight_term_is_refused(tiny_data, fast):
-    with pytest.raises(ValueError, match="unknown loss term"):
-        Trainer(TinyNet(), tiny_data, TrainConfig(weights={"kdd": 1.0}, **fast))
+    with pytest.raises(ValueError, match="--weight names unknown loss term.* kdd"):
+        api.train(TinyNet(), tiny_data, weights={"kdd": 1.0}, **fast)
 
 
 def test_a_fresh_run_refuses_an_occupied_directory_unless_told_to_overwrite(
@@ -135,5 +169,5 @@ def test_a_fresh_run_refuses_an_occupied_directory_unless_told_to_overwrite(
         api.train(TinyNet(), tiny_data, out=tmp_path, epochs=2, **fast)
     summary = api.train(TinyNet(), tiny_data, out=tmp_path, epochs=2, overwrite=True, **fast)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # nothing of the old run
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # nothing of the old run
     assert summary["epochs"] == 2

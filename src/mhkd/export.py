@@ -1,8 +1,9 @@
 """ONNX export of a deployable student, checked by onnxruntime and timed on the CPU.
 
-``mhkd export CKPT --onnx FILE`` takes any checkpoint ``mhkd.checkpoint.build_model`` rebuilds
-(zoo and pruned students); a user's own module goes through :func:`to_onnx`. Checkpoints hold the
-bare student, so heads, regressors and other training-only parts never reach the graph.
+``mhkd export CKPT --onnx FILE`` takes any checkpoint ``mhkd.checkpoint.load_model`` rebuilds
+(zoo and pruned students, RepDistiller/mdistiller files); a user's own module goes through
+:func:`to_onnx`. Checkpoints hold the bare student, so heads, regressors and other training-only
+parts never reach the graph. Weights holding NaN or inf are refused, not exported.
 
 The TorchScript exporter (``dynamo=False``) is used on purpose: it handles these plain
 convolutional networks with a dynamic batch dimension, is fast, and needs no ``onnxscript``;
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -136,6 +138,8 @@ def check(
         x = torch.randn(batch, *input_shape, generator=generator)
         with torch.inference_mode():
             expected = model(x).numpy()
+        if not np.isfinite(expected).all():  # NaN - NaN would compare as "no difference"
+            raise ExportError(f"{path}: the model's logits are NaN or infinite; nothing to check")
         (got,) = session.run(["logits"], {"images": x.numpy()})
         if got.shape != expected.shape:
             raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
@@ -170,15 +174,22 @@ def latency(
 
 
 def export_checkpoint(
-    ckpt: str | Path, onnx_path: str | Path, input_shape: Sequence[int] = (3, 32, 32)
+    ckpt: str | Path,
+    onnx_path: str | Path,
+    input_shape: Sequence[int] = (3, 32, 32),
+    arch: str | None = None,
 ) -> tuple[nn.Module, float]:
-    """Rebuild the student a checkpoint holds and export it; returns (model, max abs diff)."""
+    """Rebuild the student a checkpoint holds and export it; returns (model, max abs diff).
+
+    ``arch`` names the architecture of a foreign file whose folder and keys do not.
+    """
     from mhkd import checkpoint
 
-    state = checkpoint.load(ckpt)
-    model = checkpoint.build_model(state, ckpt)
+    model, meta = checkpoint.load_model(ckpt, arch=arch)
     metadata = {
-        key: state[key] for key in ("arch", "data", "num_classes", "test_acc") if key in state
+        key: meta[key]
+        for key in ("arch", "data", "num_classes", "test_acc")
+        if meta.get(key) is not None
     }
     return model, to_onnx(model, onnx_path, input_shape, metadata=metadata)
 
@@ -194,7 +205,16 @@ def add_export_command(subparsers: Any) -> None:
         "Inputs are normalised images, as in training. A user's own module: use "
         "mhkd.export.to_onnx from Python.",
     )
-    parser.add_argument("checkpoint", help="a .pt file written by mhkd (best.pt is deployable)")
+    parser.add_argument(
+        "checkpoint",
+        help="a .pt file written by mhkd (best.pt is deployable), or a RepDistiller/mdistiller "
+        "checkpoint",
+    )
+    parser.add_argument(
+        "--arch",
+        help="architecture of a foreign checkpoint (e.g. wrn_40_2, ResNet50) when neither its "
+        "folder name (<arch>_vanilla) nor its keys say it",
+    )
     parser.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument("--image-size", type=int, default=32, help="input height and width")
     parser.add_argument("--channels", type=int, default=3, help="input channels")
@@ -208,7 +228,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.image_size < 1 or args.channels < 1:
         raise ValueError("--image-size and --channels must be positive")
     shape = (args.channels, args.image_size, args.image_size)
-    model, diff = export_checkpoint(args.checkpoint, args.onnx, shape)
+    model, diff = export_checkpoint(args.checkpoint, args.onnx, shape, args.arch)
     sizes = profile(model, shape)
     print(
         f"{args.onnx}: {sizes['params'] / 1e6:.3f}M params, {sizes['macs'] / 1e6:.1f} MMACs, "

@@ -1,7 +1,7 @@
 """Opt-in TensorBoard logging (``--tensorboard``): an epoch logger writing ``RUN/tensorboard/``.
 
-Every numeric field of an epoch record becomes a scalar at step ``epoch + 1`` (the epoch number
-the trainer prints): ``loss/<term>``, ``lr``, ``accuracy/train``, ``accuracy/test``,
+Every numeric field of an epoch record becomes a scalar at step ``epoch`` (1-based, the epoch
+number the loop prints): ``loss/<term>``, ``lr``, ``accuracy/train``, ``accuracy/test``,
 ``speed/images_per_s``, ``speed/train_seconds``, and a method's scheduled values under
 ``method/<name>``.
 """
@@ -31,7 +31,7 @@ def tag(key: str) -> str:
 
 
 class TensorBoardLogger:
-    """Write each epoch record as scalars; pass an instance in ``Trainer(loggers=[...])``.
+    """Write each epoch record as scalars; pass an instance in ``EpochLoop(loggers=[...])``.
 
     The writer opens at the first record with ``purge_step`` set to that epoch, so a resumed
     run hides the epochs it repeats instead of drawing them twice.
@@ -51,7 +51,7 @@ class TensorBoardLogger:
     def __call__(self, record: dict[str, Any]) -> None:
         if world()[0] != 0:
             return  # every rank gets the same reduced record; rank 0 writes it
-        step = int(record["epoch"]) + 1
+        step = int(record["epoch"])
         if self.writer is None:
             self.writer = self._writer_class(str(self.log_dir), purge_step=step)
         for key, value in record.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -33,10 +34,21 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def select(self, indices: Tensor) -> ImageSet:
+        """The samples at ``indices``, in that order."""
+        return ImageSet(self.images[indices], self.labels[indices])
+
 
 @dataclass
 class DataSplits:
-    """A data set's train and test splits with the per-channel statistics used to normalise."""
+    """A data set's train and test splits, whole in memory, with the per-channel statistics
+    used to normalise.
+
+    ``classes`` names the classes where the files do (image folders). ``train_per_class`` and
+    ``subset_seed`` record a low-label subset of the training split (see :mod:`.subset`).
+    The properties describe the splits in the same terms as a streamed data set's, so a loop
+    can size models and banks without touching tensors.
+    """
 
     name: str
     train: ImageSet
@@ -44,6 +56,21 @@ class DataSplits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    classes: tuple[str, ...] | None = None
+    train_per_class: int | None = None
+    subset_seed: int | None = None
+
+    resident: ClassVar[bool] = True  # tensors in memory, moved whole to the training device
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """C×H×W of one training image as the model receives it."""
+        c, h, w = self.train.images.shape[1:]
+        return (c, h, w)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -63,7 +90,13 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(means), tuple(stds)
 
 
-def make_splits(name: str, train: ImageSet, test: ImageSet, num_classes: int) -> DataSplits:
+def make_splits(
+    name: str,
+    train: ImageSet,
+    test: ImageSet,
+    num_classes: int,
+    classes: tuple[str, ...] | None = None,
+) -> DataSplits:
     """Bundle two splits, checking labels fit ``num_classes`` (corrupt files show up here)."""
     for split, images in (("train", train), ("test", test)):
         if len(images) == 0:
@@ -74,4 +107,4 @@ def make_splits(name: str, train: ImageSet, test: ImageSet, num_classes: int) ->
                 f"{name}: {split} labels span {low}..{high}, expected 0..{num_classes - 1}"
             )
     mean, std = channel_stats(train.images)
-    return DataSplits(name, train, test, num_classes, mean, std)
+    return DataSplits(name, train, test, num_classes, mean, std, classes)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
 
 from torch import Tensor
 
@@ -19,3 +20,13 @@ class Batch(NamedTuple):
     labels: Tensor
     indices: Tensor
     views: Tensor | None = None
+
+
+class Loader(Protocol):
+    """What the training loop iterates: resident and streaming loaders alike."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...

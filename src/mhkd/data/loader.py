@@ -1,58 +1,23 @@
-"""A loader whose whole uint8 data set lives on the training device.
+"""A loader whose whole uint8 data set lives on the training device, and ``make_loaders``.
 
-Shuffling and augmentation draw from a generator seeded by (seed, epoch) alone, so any epoch,
-on any rank, can be replayed exactly after a resume. With ``world_size`` ranks every rank
-computes the same global order and takes its own slice of each global batch.
+Shuffling and augmentation draw from a generator seeded by (seed, epoch) alone (see
+:mod:`.order`), so any epoch, on any rank, can be replayed exactly after a resume.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from mhkd.data.augment import apply_views, normalize, random_views
 from mhkd.data.base import DataSplits
-from mhkd.data.batch import Batch
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator determined by (seed, epoch) only, well mixed across nearby pairs."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-def _rank_slots(
-    n: int, batch_size: int, rank: int, world_size: int, train: bool, drop_last: bool
-) -> list[Tensor]:
-    """Positions in the epoch's order that this rank reads, one tensor per batch.
-
-    Training splits each global batch of ``batch_size * world_size`` between the ranks; a
-    kept final partial batch is split evenly, wrapping to the order's start so that every rank
-    runs the same number of equal steps. Evaluation gives each rank a disjoint contiguous shard.
-    """
-    if train:
-        per_step = batch_size * world_size
-        steps = n // per_step
-        batches = [
-            torch.arange(
-                step * per_step + rank * batch_size, step * per_step + (rank + 1) * batch_size
-            )
-            for step in range(steps)
-        ]
-        remainder = n - steps * per_step
-        if remainder and not drop_last:
-            share = -(-remainder // world_size)
-            start = steps * per_step + rank * share
-            batches.append(torch.arange(start, start + share) % n)
-        return batches
-    shard = torch.tensor_split(torch.arange(n), world_size)[rank]
-    batches = list(shard.split(batch_size))
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
+from mhkd.data.batch import Batch, Loader
+from mhkd.data.files import StreamingSplits
+from mhkd.data.order import epoch_generator, rank_slots
+from mhkd.data.stream import StreamLoader
 
 
 class DeviceLoader:
@@ -100,7 +65,7 @@ class DeviceLoader:
         self.channels_last = channels_last
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device)
-        slots = _rank_slots(
+        slots = rank_slots(
             len(images),
             batch_size,
             rank,
@@ -141,7 +106,7 @@ class DeviceLoader:
 
 
 def make_loaders(
-    splits: DataSplits,
+    splits: DataSplits | StreamingSplits,
     batch_size: int,
     device: torch.device | str = "cpu",
     seed: int = 0,
@@ -150,9 +115,15 @@ def make_loaders(
     channels_last: bool = False,
     eval_batch_size: int | None = None,
     augment: bool = True,
-) -> tuple[DeviceLoader, DeviceLoader]:
-    """The usual pair: augmented, shuffled training batches and plain sharded test batches."""
-    common = dict(
+    workers: int | None = None,
+) -> tuple[Loader, Loader]:
+    """The usual pair: augmented, shuffled training batches and plain sharded test batches.
+
+    Resident splits give :class:`DeviceLoader`s; streaming splits give
+    :class:`~mhkd.data.stream.StreamLoader`s decoding with ``workers`` processes (default
+    :func:`~mhkd.data.stream.default_workers`), which resident splits ignore.
+    """
+    common: dict[str, Any] = dict(
         mean=splits.mean,
         std=splits.std,
         device=device,
@@ -161,10 +132,22 @@ def make_loaders(
         world_size=world_size,
         channels_last=channels_last,
     )
+    test_batch_size = eval_batch_size or batch_size
+    if isinstance(splits, StreamingSplits):
+        common.update(
+            image_size=splits.image_size,
+            resize_size=splits.resize_size,
+            workers=workers,
+            skip_bad=splits.skip_bad,
+        )
+        return (
+            StreamLoader(splits.train, batch_size, train=True, augment=augment, **common),
+            StreamLoader(splits.test, test_batch_size, train=False, **common),
+        )
     train = DeviceLoader(
         splits.train.images, splits.train.labels, batch_size, train=True, augment=augment, **common
     )
     test = DeviceLoader(
-        splits.test.images, splits.test.labels, eval_batch_size or batch_size, train=False, **common
+        splits.test.images, splits.test.labels, test_batch_size, train=False, **common
     )
     return train, test

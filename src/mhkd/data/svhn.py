@@ -22,6 +22,11 @@ def _read_mat(path: Path) -> ImageSet:
         mat = scipy.io.loadmat(path)
         images = np.asarray(mat["X"], dtype=np.uint8)
         labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    except NotImplementedError:  # scipy reads MATLAB v4-v7.2 files; v7.3 is HDF5
+        raise DataError(
+            f"{path} is a MATLAB v7.3 (HDF5) file; the official SVHN files are v5: download "
+            "them again, or re-save this one with scipy.io.savemat"
+        ) from None
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if images.ndim != 4 or images.shape[2] != 3 or images.shape[3] != len(labels):

@@ -18,8 +18,23 @@ from mhkd.methods.base import (
     MethodContext,
     MethodSet,
     ModelOutput,
+    NoOptions,
+    TeacherUse,
     available,
+    method_class,
     register,
+    registered,
 )
 
-__all__ = ["Method", "MethodContext", "MethodSet", "ModelOutput", "available", "register"]
+__all__ = [
+    "Method",
+    "MethodContext",
+    "MethodSet",
+    "ModelOutput",
+    "NoOptions",
+    "TeacherUse",
+    "available",
+    "method_class",
+    "register",
+    "registered",
+]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.methods._layers import stage_pairs
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class ATOptions:
+    p: float = option(2.0, "power of the attention maps")
 
 
 @register
@@ -22,22 +27,14 @@ class AT(Method):
     """
 
     name = "at"
+    Options = ATOptions
+    ce_weight = 1.0
     weights = {"at": 1000.0}
 
-    def __init__(self, ctx: MethodContext, p: float = 2.0):
-        super().__init__(ctx)
-        self.p = p
+    def __init__(self, ctx: MethodContext, options: ATOptions):
+        super().__init__(TeacherUse.FEATURES)
+        self.p = options.p
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "all")
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--at-p",
-            dest="p",
-            type=float,
-            default=argparse.SUPPRESS,
-            help="at: power of the attention maps (default 2)",
-        )
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

@@ -7,18 +7,47 @@ loop weights the terms, sums them and back-propagates; it knows nothing of any m
 
 from __future__ import annotations
 
-import inspect
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from mhkd.data.base import DataSplits
 from mhkd.data.batch import Batch
 from mhkd.taps import infer_shapes
+
+
+def option(default: Any = None, help: str = "", flag: str | None = None) -> Any:
+    """A dataclass field carrying its command-line help (and a flag name other than its own).
+
+    Method option dataclasses and the run configuration's sections declare their fields with
+    it; :mod:`mhkd.config` generates the flags from them.
+    """
+    metadata = {"help": help, "flag": flag}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+class TeacherUse(enum.IntEnum):
+    """What a method reads of the teacher, decided when the method is built.
+
+    Ordered: a set of methods needs the most any of them needs. ``OUTPUTS``: per-sample
+    outputs of the frozen teacher only, its logits and what fixed modules compute from its
+    features (:meth:`Method.cached_teacher_outputs`), which a teacher cache can serve exactly.
+    ``FEATURES``: live teacher features every step (trainable modules read them).
+    """
+
+    NONE = 0
+    OUTPUTS = 1
+    FEATURES = 2
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
 
 
 class ModelOutput(NamedTuple):
@@ -44,12 +73,6 @@ class MethodContext:
     input_shape: tuple[int, int, int] = (3, 32, 32)
     teacher_layers: Sequence[str] | None = None
     student_layers: Sequence[str] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    #: The run directory, data splits and TrainConfig (``None`` outside a Trainer), for methods
-    #: that train a model of their own before distillation, such as infoflow's proxy teacher.
-    out: Path | None = None
-    data: DataSplits | None = None
-    config: Any = None
 
     def student_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
         return infer_shapes(self.student, names, self.input_shape)
@@ -63,21 +86,23 @@ class MethodContext:
 class Method(nn.Module):
     """Base class of distillation methods.
 
-    Subclasses set ``name``, ``weights`` (default weight of every loss term ``forward`` returns,
-    and optionally ``"ce"`` to change the label term's weight) and ``companions`` (methods that
-    always run beside this one, e.g. ``("kd",)``), fill ``teacher_layers``/``student_layers``
-    with the layers they need tapped, and implement ``forward``.
+    A subclass states, as class attributes: ``name``; ``Options``, the dataclass of its
+    options (its flags are generated from it as ``--NAME.FIELD``); ``ce_weight``, the weight
+    it gives the label term; ``weights``, the default weight of every term ``forward``
+    returns; ``companions``, methods that always run beside it (e.g. ``("kd",)``). Its
+    ``__init__(ctx, options)`` passes ``teacher_use`` up, fills ``teacher_layers`` /
+    ``student_layers`` with the layers it needs tapped, and it implements ``forward``.
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    ce_weight: ClassVar[float] = 1.0
     weights: ClassVar[dict[str, float]] = {}
     companions: ClassVar[tuple[str, ...]] = ()
-    needs_teacher: ClassVar[bool] = True
-    #: Which teacher outputs the method reads: "logits" lets the teacher's outputs be cached.
-    teacher_inputs: ClassVar[str] = "features"
 
-    def __init__(self, ctx: MethodContext):
+    def __init__(self, teacher_use: TeacherUse = TeacherUse.FEATURES):
         super().__init__()
+        self.teacher_use = teacher_use
         self.teacher_layers: list[str] = []
         self.student_layers: list[str] = []
 
@@ -97,8 +122,14 @@ class Method(nn.Module):
         teacher; its results must live in the method's state so a resumed run keeps them.
         """
 
+    def cached_teacher_outputs(self, teacher: ModelOutput) -> dict[str, Tensor]:
+        """Per-sample tensors a ``TeacherUse.OUTPUTS`` method computes from the teacher's tapped
+        features with fixed modules, keyed by names of its own; a teacher cache stores them
+        beside the logits and serves them back in ``teacher.features`` (default: none)."""
+        return {}
+
     def summary(self) -> dict[str, Any]:
-        """Extra fields for the run's ``summary.json`` (e.g. the size of auxiliary heads)."""
+        """Extra fields for the run's ``summary.json`` (static facts: sizes, layer pairs)."""
         return {}
 
 
@@ -146,70 +177,57 @@ def expand(spec: str) -> list[str]:
     return names
 
 
-def split_options(spec: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Give each method in ``spec`` the ``values`` its constructor takes.
-
-    A value may reach several methods (``temperature`` goes to every one that takes it); a key
-    that no method in the spec takes is an error, so typos do not pass silently.
-    """
-    options: dict[str, dict[str, Any]] = {}
-    used: set[str] = set()
-    for name in expand(spec):
-        params = set(inspect.signature(method_class(name).__init__).parameters) - {"self", "ctx"}
-        options[name] = {k: v for k, v in values.items() if k in params}
-        used.update(options[name])
-    unused = sorted(set(values) - used)
-    if unused:
-        raise ValueError(f"option(s) {', '.join(unused)} are not taken by method {spec!r}")
-    return options
-
-
 def default_weights(names: Sequence[str]) -> dict[str, float]:
-    """Merge the methods' default term weights.
+    """The methods' default term weights, merged.
 
-    ``ce`` takes the smallest weight any method asks for (1.0 when none does): a method that
-    mixes in KD lowers the label term, and ``kd+at`` keeps KD's 0.1/0.9 split.
+    The label term ``ce`` of a sum of methods takes the lowest ``ce_weight`` among them (1.0
+    for plain cross-entropy): a method that mixes in KD's 0.1/0.9 split keeps it when combined
+    with one that adds its term to a full CE (``kd+at``: 0.1 CE + 0.9 KD + 1000 AT).
     """
     weights: dict[str, float] = {}
-    ce: list[float] = []
     for name in names:
         for term, value in method_class(name).weights.items():
-            if term == "ce":
-                ce.append(value)
-            else:
-                weights.setdefault(term, value)
-    return {"ce": min(ce, default=1.0), **weights}
+            weights.setdefault(term, value)
+    ce = min((method_class(name).ce_weight for name in names), default=1.0)
+    return {"ce": ce, **weights}
 
 
 class MethodSet(nn.Module):
-    """The methods of one run, called in turn; their loss terms are merged into one dict."""
+    """The methods of one run, called in turn; their loss terms are merged into one dict.
 
-    def __init__(self, spec: str, ctx: MethodContext, options: dict[str, dict] | None = None):
+    ``options`` maps a method name to its options dataclass (absent: the defaults).
+    """
+
+    def __init__(self, spec: str, ctx: MethodContext, options: dict[str, Any] | None = None):
         super().__init__()
         options = options or {}
         self.spec = spec
         self.names = expand(spec)
         self.methods = nn.ModuleDict(
-            {name: method_class(name)(ctx, **options.get(name, {})) for name in self.names}
+            {
+                name: method_class(name)(ctx, options.get(name) or method_class(name).Options())
+                for name in self.names
+            }
         )
         self.weights = default_weights(self.names)
 
     @property
-    def needs_teacher(self) -> bool:
-        return any(m.needs_teacher for m in self.methods.values())
+    def teacher_use(self) -> TeacherUse:
+        return max((m.teacher_use for m in self.methods.values()), default=TeacherUse.NONE)
 
     @property
     def teacher_layers(self) -> list[str]:
         return list(dict.fromkeys(n for m in self.methods.values() for n in m.teacher_layers))
 
+    def cached_teacher_outputs(self, teacher: ModelOutput) -> dict[str, Tensor]:
+        outputs: dict[str, Tensor] = {}
+        for method in self.methods.values():
+            outputs.update(method.cached_teacher_outputs(teacher))
+        return outputs
+
     @property
     def student_layers(self) -> list[str]:
         return list(dict.fromkeys(n for m in self.methods.values() for n in m.student_layers))
-
-    @property
-    def teacher_inputs(self) -> str:
-        kinds = {m.teacher_inputs for m in self.methods.values() if m.needs_teacher}
-        return "logits" if kinds <= {"logits"} else "features"
 
     def forward(  # type: ignore[override]
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

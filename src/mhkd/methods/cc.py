@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -10,7 +10,20 @@ from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.losses._common import flat_features
 from mhkd.methods._layers import embedding_layers, feature_dim
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class CCOptions:
+    gamma: float = option(0.4, "RBF kernel γ")
+    order: int = option(2, "order of the kernel's Taylor expansion")
+    embed: bool = option(True, "a trainable linear embedding of the student's features")
+
+    def __post_init__(self) -> None:
+        if self.order < 0 or self.gamma <= 0:
+            raise ValueError(
+                f"cc needs gamma > 0 and order >= 0, got {self.gamma} and {self.order}"
+            )
 
 
 @register
@@ -28,37 +41,19 @@ class CC(Method):
     """
 
     name = "cc"
+    Options = CCOptions
     companions = ("kd",)
-    weights = {"ce": 0.1, "cc": 0.02}
+    ce_weight = 0.1
+    weights = {"cc": 0.02}
 
-    def __init__(self, ctx: MethodContext, gamma: float = 0.4, order: int = 2, embed: bool = True):
-        super().__init__(ctx)
-        if order < 0 or gamma <= 0:
-            raise ValueError(f"cc needs gamma > 0 and order >= 0, got {gamma} and {order}")
-        self.gamma, self.order = gamma, order
+    def __init__(self, ctx: MethodContext, options: CCOptions):
+        super().__init__(TeacherUse.FEATURES)
+        self.gamma, self.order, embed = options.gamma, options.order, options.embed
         t_layer, s_layer = embedding_layers(ctx, self.name)
         self.teacher_layers, self.student_layers = [t_layer], [s_layer]
         t_dim = feature_dim(ctx.teacher_shapes([t_layer])[t_layer])
         s_dim = feature_dim(ctx.student_shapes([s_layer])[s_layer])
         self.embed: nn.Module = nn.Linear(s_dim, t_dim) if embed else nn.Identity()
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        keep = argparse.SUPPRESS
-        parser.add_argument(
-            "--cc-gamma",
-            dest="gamma",
-            type=float,
-            default=keep,
-            help="cc: RBF kernel γ (default 0.4)",
-        )
-        parser.add_argument(
-            "--cc-order",
-            dest="order",
-            type=int,
-            default=keep,
-            help="cc: order of the kernel's Taylor expansion (default 2)",
-        )
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

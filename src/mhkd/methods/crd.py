@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -12,7 +12,25 @@ from mhkd.data.batch import Batch
 from mhkd.losses._common import flat_features, target
 from mhkd.losses.crd import SAMPLING
 from mhkd.methods._layers import embedding_layers, feature_dim
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class CRDOptions:
+    embed_dim: int = option(128, "embedding dimension")
+    negatives: int = option(16384, "negatives per positive (at most N - 1)")
+    nce_temperature: float = option(0.07, "NCE temperature")
+    bank_momentum: float = option(0.5, "momentum of the memory-bank update")
+    negative_sampling: str = option(
+        "other_class", "negatives from other classes (other_class) or from all samples (uniform)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.negative_sampling not in SAMPLING:
+            raise ValueError(
+                f"negative_sampling must be one of {', '.join(SAMPLING)}, "
+                f"got {self.negative_sampling!r}"
+            )
 
 
 @register
@@ -37,19 +55,13 @@ class CRD(Method):
     """
 
     name = "crd"
+    Options = CRDOptions
     companions = ("kd",)
-    weights = {"ce": 0.1, "crd": 0.8}
+    ce_weight = 0.1
+    weights = {"crd": 0.8}
 
-    def __init__(
-        self,
-        ctx: MethodContext,
-        embed_dim: int = 128,
-        negatives: int = 16384,
-        nce_temperature: float = 0.07,
-        bank_momentum: float = 0.5,
-        negative_sampling: str = "other_class",
-    ):
-        super().__init__(ctx)
+    def __init__(self, ctx: MethodContext, options: CRDOptions):
+        super().__init__(TeacherUse.FEATURES)
         if ctx.num_samples < 2:
             raise ValueError(
                 "crd needs the number of training samples (MethodContext.num_samples) for its "
@@ -59,51 +71,16 @@ class CRD(Method):
         self.teacher_layers, self.student_layers = [t_layer], [s_layer]
         t_dim = feature_dim(ctx.teacher_shapes([t_layer])[t_layer])
         s_dim = feature_dim(ctx.student_shapes([s_layer])[s_layer])
-        self.embed_s = losses.CRDEmbed(s_dim, embed_dim)
-        self.embed_t = losses.CRDEmbed(t_dim, embed_dim)
+        o = options
+        self.embed_s = losses.CRDEmbed(s_dim, o.embed_dim)
+        self.embed_t = losses.CRDEmbed(t_dim, o.embed_dim)
         self.memory = losses.ContrastMemory(
             ctx.num_samples,
-            embed_dim,
-            negatives,
-            nce_temperature,
-            bank_momentum,
-            negative_sampling,
-        )
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        keep = argparse.SUPPRESS
-        parser.add_argument(
-            "--crd-embed-dim",
-            dest="embed_dim",
-            type=int,
-            default=keep,
-            help="crd: embedding dimension (default 128)",
-        )
-        parser.add_argument(
-            "--crd-negatives",
-            dest="negatives",
-            type=int,
-            default=keep,
-            help="crd: negatives per positive (default 16384, at most N-1)",
-        )
-        parser.add_argument(
-            "--nce-temperature",
-            type=float,
-            default=keep,
-            help="crd: NCE temperature (default 0.07)",
-        )
-        parser.add_argument(
-            "--bank-momentum",
-            type=float,
-            default=keep,
-            help="crd: momentum of the memory-bank update (default 0.5)",
-        )
-        parser.add_argument(
-            "--negative-sampling",
-            choices=SAMPLING,
-            default=keep,
-            help="crd: negatives from other classes (default) or uniform",
+            o.embed_dim,
+            o.negatives,
+            o.nce_temperature,
+            o.bank_momentum,
+            o.negative_sampling,
         )
 
     def forward(

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class DKDOptions:
+    alpha: float = option(1.0, "weight of the target-class term (TCKD)")
+    beta: float = option(8.0, "weight of the non-target-class term (NCKD)")
+    temperature: float = option(4.0, "softmax temperature τ")
+    warmup_epochs: int = option(20, "epochs of linear warm-up of the loss")
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0 or self.warmup_epochs < 0:
+            raise ValueError(
+                f"dkd needs temperature > 0 and warmup_epochs >= 0, got {self.temperature} and "
+                f"{self.warmup_epochs}"
+            )
 
 
 @register
@@ -23,52 +38,18 @@ class DKD(Method):
     """
 
     name = "dkd"
+    Options = DKDOptions
+    ce_weight = 1.0
     weights = {"dkd": 1.0}
-    teacher_inputs = "logits"
 
-    def __init__(
-        self,
-        ctx: MethodContext,
-        dkd_alpha: float = 1.0,
-        dkd_beta: float = 8.0,
-        temperature: float = 4.0,
-        warmup_epochs: int = 20,
-    ):
-        super().__init__(ctx)
-        if temperature <= 0 or warmup_epochs < 0:
-            raise ValueError(
-                f"dkd needs temperature > 0 and warmup_epochs >= 0, got {temperature} and "
-                f"{warmup_epochs}"
-            )
-        self.alpha, self.beta = dkd_alpha, dkd_beta
-        self.temperature, self.warmup_epochs = temperature, warmup_epochs
+    def __init__(self, ctx: MethodContext, options: DKDOptions):
+        super().__init__(TeacherUse.OUTPUTS)
+        self.alpha, self.beta = options.alpha, options.beta
+        self.temperature, self.warmup_epochs = options.temperature, options.warmup_epochs
         self.warmup = self._factor(0)
 
     def _factor(self, epoch: int) -> float:
         return 1.0 if self.warmup_epochs == 0 else min((epoch + 1) / self.warmup_epochs, 1.0)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        keep = argparse.SUPPRESS
-        parser.add_argument(
-            "--dkd-alpha",
-            type=float,
-            default=keep,
-            help="dkd: weight of the target-class term (default 1)",
-        )
-        parser.add_argument(
-            "--dkd-beta",
-            type=float,
-            default=keep,
-            help="dkd: weight of the non-target-class term (default 8)",
-        )
-        parser.add_argument("--temperature", type=float, default=keep, help="τ (default 4)")
-        parser.add_argument(
-            "--warmup-epochs",
-            type=int,
-            default=keep,
-            help="dkd: epochs of linear warm-up of its loss (default 20)",
-        )
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         self.warmup = self._factor(epoch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,7 +10,12 @@ from torch import Tensor, nn
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.methods._layers import stage_pairs
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class FitNetOptions:
+    hint_stage: int | None = option(None, "zoo stage index of the hint (default: the middle one)")
 
 
 class Regressor(nn.Module):
@@ -58,12 +63,14 @@ class FitNet(Method):
     """
 
     name = "fitnet"
+    Options = FitNetOptions
     companions = ("kd",)
-    weights = {"ce": 0.1, "fitnet": 100.0}
+    ce_weight = 0.1
+    weights = {"fitnet": 100.0}
 
-    def __init__(self, ctx: MethodContext, hint_stage: int | None = None):
-        super().__init__(ctx)
-        select = "middle" if hint_stage is None else hint_stage
+    def __init__(self, ctx: MethodContext, options: FitNetOptions):
+        super().__init__(TeacherUse.FEATURES)
+        select = "middle" if options.hint_stage is None else options.hint_stage
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, select)
         t_shapes = ctx.teacher_shapes(self.teacher_layers)
         s_shapes = ctx.student_shapes(self.student_layers)
@@ -74,15 +81,6 @@ class FitNet(Method):
         self.regressors = nn.ModuleList(
             Regressor(s_shapes[s], t_shapes[t])
             for t, s in zip(self.teacher_layers, self.student_layers, strict=True)
-        )
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--hint-stage",
-            type=int,
-            default=argparse.SUPPRESS,
-            help="fitnet: zoo stage index of the hint (default: the middle one)",
         )
 
     def forward(

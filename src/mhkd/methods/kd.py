@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class KDOptions:
+    temperature: float = option(4.0, "softmax temperature τ")
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
 @register
@@ -14,12 +25,13 @@ class KD(Method):
     """Soft targets at the final logits: ``0.1·CE + 0.9·KL·τ²`` (the CIFAR benchmark's split)."""
 
     name = "kd"
-    weights = {"ce": 0.1, "kd": 0.9}
-    teacher_inputs = "logits"
+    Options = KDOptions
+    ce_weight = 0.1
+    weights = {"kd": 0.9}
 
-    def __init__(self, ctx: MethodContext, temperature: float = 4.0):
-        super().__init__(ctx)
-        self.temperature = temperature
+    def __init__(self, ctx: MethodContext, options: KDOptions):
+        super().__init__(TeacherUse.OUTPUTS)
+        self.temperature = options.temperature
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

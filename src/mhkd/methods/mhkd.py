@@ -6,33 +6,48 @@ one-head loss ``α·KL·τ² + (1 − α)·CE``. The teacher heads learn from th
 detached features of the frozen teacher, either alongside the student (``joint``, the paper's
 default) or once before distillation (``prefit``, then fixed).
 
+Head stride (the paper states none): by default each head convolution strides 2 while the map
+it reads is larger than its network's last-stage map (:func:`mhkd.heads.head_strides`), so a
+WRN-16-2 stage-1 head (32 channels, 32×32, network ending at 8×8) strides (2, 2) and costs
+56.7 MMACs per image instead of 679.6 at stride 1. ``head_stride=1`` is the paper-literal head
+for ablations. The last-stage map is found by the dry run that sizes the heads: the output of
+the model's last ``stage_names`` entry, or, for a model without ``stage_names`` (user layers),
+the last map larger than 1×1 that any of its modules outputs in forward order (the map its
+global pooling reduces), whichever layers the heads tap.
+
+What the method reads of the teacher: in ``joint`` mode live stage features every step
+(``TeacherUse.FEATURES``; the teacher heads train on detached copies, nothing flows back into
+the teacher). In ``prefit`` mode the teacher heads are fixed after :meth:`MHKD.prepare`, so
+their logits are per-sample outputs of the frozen teacher (``TeacherUse.OUTPUTS``): they run
+under ``no_grad``, and a teacher cache built *after* ``prepare`` serves them (keys
+``"<name>.head<j>"``, see :meth:`MHKD.cached_teacher_outputs`) so the teacher and its heads
+cost nothing per step.
+
 How the paper's objective maps onto the loss terms the trainer weights and sums::
 
     paper:  β·Σ_j [α·KL_j·τ² + (1−α)·CE_j]  +  [α·KL·τ² + (1−α)·CE]   (+ teacher heads' CE)
     terms:  "mhkd" (weight 1, β inside)     +  0.9·"kd" + 0.1·"ce"     (+ "mhkd_teacher_ce")
 
 The final-logit part is the companion ``kd`` method, whose weights 0.9/0.1 equal the paper's
-α = 0.9; changing ``alpha`` here changes the heads only (use ``--weight kd=…`` and
-``--weight ce=…`` for the final logits). ``temperature`` reaches both methods from the CLI.
+α = 0.9; changing ``--mhkd.alpha`` changes the heads only (use ``--weight kd=…`` and
+``--weight ce=…`` for the final logits), and ``--mhkd.temperature`` the heads' τ only
+(``--kd.temperature`` is the final logits').
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.heads import AuxHead
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.heads import AuxHead, head_strides
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
 
 HEAD_MODES = ("joint", "prefit")
@@ -54,11 +69,46 @@ def parse_heads(value: int | str | Sequence[int] | None) -> tuple[int, ...] | No
     return tuple(int(v) for v in value)
 
 
-def _cli_heads(value: str) -> tuple[int, ...] | None:
-    try:
-        return parse_heads(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+@dataclass
+class MHKDOptions:
+    heads: list[int] | None = option(
+        None, "heads to use by stage position, e.g. 1 or 2,3 (default: all for mhkd, 1 for ohkd)"
+    )
+    temperature: float = option(4.0, "softmax temperature τ of the heads")
+    alpha: float = option(0.9, "KL share of each head's loss")
+    beta: float = option(0.5, "weight of the heads' sum (5 on SVHN)")
+    head_stages: int = option(3, "heads on the first N stages of zoo models")
+    head_mode: str = option(
+        "joint",
+        "train the teacher heads alongside the student (joint) or fit them first on the "
+        "frozen teacher (prefit)",
+    )
+    head_convs: int = option(2, "3x3 conv layers per head, N_c")
+    head_fcs: int = option(2, "fully connected layers per head, N_f")
+    head_width: int = option(256, "conv kernels and hidden units per head")
+    head_stride: int | None = option(
+        None,
+        "stride of every head conv; 1 is the paper-literal head (default: stride 2 while the "
+        "map is larger than the network's last-stage map)",
+    )
+    prefit_epochs: int = option(5, "epochs of teacher-head fitting in prefit mode")
+    prefit_lr: float = option(0.05, "learning rate of teacher-head fitting")
+
+    def __post_init__(self) -> None:
+        if self.head_mode not in HEAD_MODES:
+            raise ValueError(f"unknown head mode {self.head_mode!r}; choose joint or prefit")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.beta < 0:
+            raise ValueError(
+                f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
+                f"{self.temperature}, {self.alpha}, {self.beta}"
+            )
+        if self.head_stride is not None and self.head_stride < 1:
+            raise ValueError(f"head_stride must be at least 1 (or unset), got {self.head_stride}")
+
+
+@dataclass
+class OHKDOptions(MHKDOptions):
+    heads: list[int] | None = option([1], "the one head to use, by stage position")
 
 
 def _head_input(feature: Tensor) -> Tensor:
@@ -88,24 +138,52 @@ def _stage_layers(
     return list(stages[:count])
 
 
+@torch.no_grad()
+def _dry_run(
+    model: nn.Module, layers: Sequence[str], input_shape: Sequence[int]
+) -> tuple[dict[str, torch.Size], tuple[int, int]]:
+    """The tapped layers' output shapes and the (H, W) of the model's last-stage map, from one
+    batch-2 eval-mode dry run (see the module docstring for which map that is)."""
+    stages = getattr(model, "stage_names", None)
+    probe = [stages[-1]] if stages else [name for name, _ in model.named_modules() if name]
+    param = next(model.parameters(), None)
+    was_training = model.training
+    model.eval()
+    try:
+        with Taps(model, [*layers, *probe]) as taps:
+            model(torch.zeros(2, *input_shape, device=param.device if param is not None else None))
+            seen = {n: out.shape[1:] for n, out in taps.outputs.items() if isinstance(out, Tensor)}
+    finally:
+        model.train(was_training)
+    missing = [name for name in layers if name not in seen]
+    if missing:
+        raise ValueError(f"layer(s) {', '.join(missing)} of {type(model).__name__} output no "
+                         "tensor in a dry run")  # fmt: skip
+    if stages:
+        last = seen[stages[-1]]
+    else:  # outputs are in the order the modules finished: the last map is the deepest
+        maps = [shape for shape in seen.values() if len(shape) == 3 and shape[1] * shape[2] > 1]
+        last = maps[-1] if maps else torch.Size((0, 1, 1))
+    return {name: seen[name] for name in layers}, (int(last[-2]), int(last[-1]))
+
+
 def _heads_for(
     shapes: dict[str, torch.Size],
-    layers: Sequence[str],
+    last: tuple[int, int],
     role: str,
     num_classes: int,
-    convs: int,
-    fcs: int,
-    width: int,
+    o: MHKDOptions,
 ) -> nn.ModuleList:
     heads = []
-    for name in layers:
-        shape = shapes[name]
+    for name, shape in shapes.items():
         if len(shape) != 3:
             raise ValueError(
                 f"{role} layer {name!r} outputs shape {tuple(shape)} per sample; MHKD heads "
                 "need feature maps (channels, height, width)"
             )
-        heads.append(AuxHead(shape[0], num_classes, convs, fcs, width))
+        strides = head_strides(shape[1:], last, o.head_convs, o.head_stride)
+        heads.append(AuxHead(shape[0], num_classes, o.head_convs, o.head_fcs, o.head_width,
+                             strides))  # fmt: skip
     return nn.ModuleList(heads)
 
 
@@ -116,74 +194,51 @@ class MHKD(Method):
     ``heads`` picks a subset by 1-based position (``(1,)``, ``(2, 3)``); layers default to the
     zoo models' first ``head_stages`` ``stage_names``, or are the user's ``teacher_layers`` /
     ``student_layers`` (paired in order). ``beta`` multiplies the heads' term; the heads live
-    here, never in the student, so the deployable student is the bare network.
+    here, never in the student, so the deployable student is the bare network. Each head's
+    convolutions stride 2 while its map is larger than its network's last-stage map
+    (``head_stride=1``: the paper-literal stride-1 head). ``joint`` mode reads live teacher
+    features; ``prefit`` mode reads teacher outputs only, which a teacher cache can serve.
     """
 
     name = "mhkd"
-    weights = {"mhkd": 1.0, "mhkd_teacher_ce": 1.0}
+    Options = MHKDOptions
     companions = ("kd",)
-    #: Heads used when ``heads`` is not given (``None``: all of them).
-    default_heads: ClassVar[tuple[int, ...] | None] = None
+    ce_weight = 0.1  # the companion KD's split
+    weights = {"mhkd": 1.0, "mhkd_teacher_ce": 1.0}
 
-    def __init__(
-        self,
-        ctx: MethodContext,
-        heads: int | str | Sequence[int] | None = None,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        beta: float = 0.5,
-        head_stages: int = 3,
-        head_mode: str = "joint",
-        head_convs: int = 2,
-        head_fcs: int = 2,
-        head_width: int = 256,
-        prefit_epochs: int = 5,
-        prefit_lr: float = 0.05,
-    ):
-        super().__init__(ctx)
-        if head_mode not in HEAD_MODES:
-            raise ValueError(f"unknown head mode {head_mode!r}; choose joint or prefit")
-        if temperature <= 0 or not 0 <= alpha <= 1 or beta < 0:
-            raise ValueError(
-                f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
-                f"{temperature}, {alpha}, {beta}"
-            )
+    def __init__(self, ctx: MethodContext, options: MHKDOptions):
+        o = options
+        prefit = o.head_mode == "prefit"
+        super().__init__(TeacherUse.OUTPUTS if prefit else TeacherUse.FEATURES)
         if ctx.teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
-        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, head_stages, "teacher")
-        student_layers = _stage_layers(ctx.student, ctx.student_layers, head_stages, "student")
+        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, o.head_stages, "teacher")
+        student_layers = _stage_layers(ctx.student, ctx.student_layers, o.head_stages, "student")
         if len(teacher_layers) != len(student_layers):
             raise ValueError(
                 f"{self.name} pairs teacher and student layers in order, but got "
                 f"{len(teacher_layers)} teacher layers ({', '.join(teacher_layers)}) and "
                 f"{len(student_layers)} student layers ({', '.join(student_layers)})"
             )
-        chosen = parse_heads(heads) or self.default_heads or range(1, len(teacher_layers) + 1)
+        chosen = parse_heads(o.heads) or range(1, len(teacher_layers) + 1)
         self.heads = tuple(chosen)
         self._check_heads(len(teacher_layers))
         self.teacher_layers = [teacher_layers[j - 1] for j in self.heads]
         self.student_layers = [student_layers[j - 1] for j in self.heads]
+        #: Names under which a teacher cache serves the fixed teacher heads' logits.
+        self.cached_keys = [f"{self.name}.head{j}" for j in self.heads]
 
-        self.temperature, self.alpha, self.beta = temperature, alpha, beta
-        self.head_mode = head_mode
-        self.prefit_epochs, self.prefit_lr = prefit_epochs, prefit_lr
-        size = (ctx.num_classes, head_convs, head_fcs, head_width)
-        self.student_heads = _heads_for(
-            ctx.student_shapes(self.student_layers), self.student_layers, "student", *size
-        )
-        self.teacher_heads = _heads_for(
-            ctx.teacher_shapes(self.teacher_layers), self.teacher_layers, "teacher", *size
-        )
-        if head_mode == "prefit":
+        self.temperature, self.alpha, self.beta = o.temperature, o.alpha, o.beta
+        self.head_mode, self.head_stride = o.head_mode, o.head_stride
+        self.prefit_epochs, self.prefit_lr = o.prefit_epochs, o.prefit_lr
+        s_shapes, s_last = _dry_run(ctx.student, self.student_layers, ctx.input_shape)
+        t_shapes, t_last = _dry_run(ctx.teacher, self.teacher_layers, ctx.input_shape)
+        self.student_heads = _heads_for(s_shapes, s_last, "student", ctx.num_classes, o)
+        self.teacher_heads = _heads_for(t_shapes, t_last, "teacher", ctx.num_classes, o)
+        self.head_inputs = {"student": list(s_shapes.values()), "teacher": list(t_shapes.values())}
+        if prefit:
             # Fitted once in prepare(), then fixed: out of the optimizer, BatchNorm frozen.
-            # The teacher's outputs the method reads are then its logits and these fixed
-            # heads' logits, which a teacher-output cache could store per sample.
-            self.teacher_heads.requires_grad_(False)
-            self.teacher_inputs = "logits+heads"
-        # Plain attributes, not submodules: kept for measuring the heads' step overhead.
-        self._models = (ctx.student, ctx.teacher)
-        # The last training batch and its autocast dtype, for summary()'s overhead probe.
-        self._probe: tuple[Batch, torch.dtype | None] | None = None
+            self.teacher_heads.requires_grad_(False).eval()
         self.prefit_acc: list[float] = []
 
     def _check_heads(self, available: int) -> None:
@@ -194,34 +249,6 @@ class MHKD(Method):
                 f"got {','.join(map(str, self.heads))}"
             )
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """MHKD's command-line flags; absent flags leave the constructor defaults."""
-        keep = argparse.SUPPRESS
-        parser.add_argument("--heads", type=_cli_heads, default=keep,
-                            help="heads to use by stage position, e.g. 1 or 2,3 (default: all "
-                            "for mhkd, 1 for ohkd)")
-        parser.add_argument("--head-mode", choices=HEAD_MODES, default=keep,
-                            help="train the teacher heads alongside the student (joint, default) "
-                            "or fit them first on the frozen teacher (prefit)")
-        parser.add_argument("--temperature", type=float, default=keep, help="τ (default 4)")
-        parser.add_argument("--alpha", type=float, default=keep,
-                            help="KL share of each head's loss (default 0.9)")
-        parser.add_argument("--beta", type=float, default=keep,
-                            help="weight of the heads' sum (default 0.5; 5 on SVHN)")
-        parser.add_argument("--head-stages", type=int, default=keep,
-                            help="heads on the first N stages of zoo models (default 3)")
-        parser.add_argument("--head-convs", type=int, default=keep,
-                            help="3x3 conv layers per head, N_c (default 2)")
-        parser.add_argument("--head-fcs", type=int, default=keep,
-                            help="fully connected layers per head, N_f (default 2)")
-        parser.add_argument("--head-width", type=int, default=keep,
-                            help="conv kernels and hidden units per head (default 256)")
-        parser.add_argument("--prefit-epochs", type=int, default=keep,
-                            help="epochs of teacher-head fitting in prefit mode (default 5)")
-        parser.add_argument("--prefit-lr", type=float, default=keep,
-                            help="learning rate of teacher-head fitting (default 0.05)")
-
     def train(self, mode: bool = True) -> MHKD:
         super().train(mode)
         if self.head_mode == "prefit":
@@ -229,28 +256,51 @@ class MHKD(Method):
         return self
 
     def teacher_head_logits(self, features: dict[str, Tensor]) -> list[Tensor]:
-        """The teacher heads' logits on tapped teacher features (a graph only in joint mode)."""
-        inputs = [_head_input(features[name]) for name in self.teacher_layers]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.head_mode == "joint"):
-            return [head(x) for head, x in zip(self.teacher_heads, inputs, strict=True)]
+        """The teacher heads' logits on tapped teacher features; a graph only in joint mode."""
+        missing = [name for name in self.teacher_layers if name not in features]
+        if missing:
+            raise ValueError(
+                f"{self.name}: the teacher's outputs hold neither the teacher heads' logits "
+                f"({', '.join(self.cached_keys)}) nor the layers {', '.join(missing)}"
+            )
+        pairs = zip(self.teacher_heads, self.teacher_layers, strict=True)
+        if self.head_mode == "prefit":  # fixed heads: no graph at all
+            with torch.no_grad():
+                return [head(features[name]) for head, name in pairs]
+        return [head(_head_input(features[name])) for head, name in pairs]
+
+    def cached_teacher_outputs(self, teacher: ModelOutput) -> dict[str, Tensor]:
+        """In prefit mode, the fixed teacher heads' logits, for a teacher cache to store.
+
+        Valid only once :meth:`prepare` has fitted the heads: build the cache after it.
+        """
+        if self.head_mode != "prefit":
+            return {}
+        logits = self.teacher_head_logits(teacher.features)
+        return dict(zip(self.cached_keys, logits, strict=True))
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch
     ) -> dict[str, Tensor]:
         if teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
-        device = batch.images.device.type
-        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        self._probe = (batch, autocast)
-        teacher_logits = self.teacher_head_logits(teacher.features)
+        served = [teacher.features.get(key) for key in self.cached_keys]
+        if self.head_mode == "prefit" and all(z is not None for z in served):
+            teacher_logits = served  # from a teacher cache
+        else:
+            teacher_logits = self.teacher_head_logits(teacher.features)
         student_logits = [
             head(student.features[name])
             for head, name in zip(self.student_heads, self.student_layers, strict=True)
         ]
         terms = {
             self.name: losses.multi_head_kd(
-                student_logits, teacher_logits, batch.labels,
-                self.temperature, self.alpha, self.beta,
+                student_logits,
+                teacher_logits,
+                batch.labels,
+                self.temperature,
+                self.alpha,
+                self.beta,
             )
         }
         if self.head_mode == "joint":
@@ -289,67 +339,25 @@ class MHKD(Method):
         self.prefit_acc = [round(100.0 * c / max(1, seen), 2) for c in correct.tolist()]
 
     def summary(self) -> dict[str, Any]:
-        student_params = sum(p.numel() for p in self.student_heads.parameters())
-        teacher_params = sum(p.numel() for p in self.teacher_heads.parameters())
-        extra: dict[str, Any] = {
-            "heads": list(self.heads),
-            "head_params": student_params + teacher_params,
-            "student_head_params": student_params,
-            "teacher_head_params": teacher_params,
-        }
+        """Static facts of the heads: which, their strides, parameters and MACs per image.
+
+        ``head_stride`` null means the last-stage rule; ``head_conv_strides`` lists the
+        strides each head got. MACs are forward multiply-accumulates per image, counted by a
+        batch-1 dry run of each head on its input shape (no timing).
+        """
+        extra: dict[str, Any] = {"heads": list(self.heads), "head_stride": self.head_stride}
+        for role, heads in (("student", self.student_heads), ("teacher", self.teacher_heads)):
+            shapes = self.head_inputs[role]
+            extra[f"{role}_head_conv_strides"] = [list(head.strides) for head in heads]
+            extra[f"{role}_head_params"] = sum(p.numel() for p in heads.parameters())
+            extra[f"{role}_head_macs"] = sum(
+                count_macs(head, shape) for head, shape in zip(heads, shapes, strict=True)
+            )
+        for fact in ("params", "macs"):
+            extra[f"head_{fact}"] = extra[f"student_head_{fact}"] + extra[f"teacher_head_{fact}"]
         if self.prefit_acc:
             extra["teacher_head_prefit_train_acc"] = self.prefit_acc
-        if self._probe is not None:
-            extra["head_step_overhead"] = round(self.step_overhead(*self._probe), 3)
         return extra
-
-    def step_overhead(
-        self, batch: Batch, autocast: torch.dtype | None = None, repeats: int = 3
-    ) -> float:
-        """Time of a forward+backward step with the heads over one with Hinton KD alone.
-
-        Measured on ``batch`` (under ``autocast`` to that dtype when given, as in training),
-        median of ``repeats`` alternating runs after a warm-up; BatchNorm statistics are
-        restored afterwards and no ``.grad`` is touched, so training is unaffected.
-        """
-        student, teacher = self._models
-        device = batch.images.device.type
-        modules = [student, self]
-        saved = [b.detach().clone() for m in modules for b in m.buffers()]
-        params = [p for m in modules for p in m.parameters() if p.requires_grad]
-
-        def step(with_heads: bool) -> float:
-            started = time.perf_counter()
-            precision = torch.autocast(device, autocast) if autocast else nullcontext()
-            with precision:
-                loss = loss_of_step(with_heads)
-            torch.autograd.grad(loss, params, allow_unused=True)
-            return time.perf_counter() - started
-
-        def loss_of_step(with_heads: bool) -> Tensor:
-            with torch.no_grad():
-                teacher_out = ModelOutput(teacher(batch.images), teacher_taps.pop())
-            student_out = ModelOutput(student(batch.images), student_taps.pop())
-            loss = F.cross_entropy(student_out.logits.float(), batch.labels) + losses.kd(
-                student_out.logits, teacher_out.logits, self.temperature
-            )
-            if with_heads:
-                loss = loss + sum(self(student_out, teacher_out, batch).values())
-            return loss
-
-        with Taps(student, self.student_layers) as student_taps, Taps(
-            teacher, self.teacher_layers
-        ) as teacher_taps:
-            times: dict[bool, list[float]] = {True: [], False: []}
-            for i in range(repeats + 1):
-                for with_heads in (False, True):
-                    elapsed = step(with_heads)
-                    if i:
-                        times[with_heads].append(elapsed)
-        with torch.no_grad():
-            for b, value in zip((b for m in modules for b in m.buffers()), saved, strict=True):
-                b.copy_(value)
-        return statistics.median(times[True]) / statistics.median(times[False])
 
 
 @register
@@ -357,8 +365,8 @@ class OHKD(MHKD):
     """One-head KD: a single auxiliary head pair (head 1 unless ``heads`` says otherwise)."""
 
     name = "ohkd"
+    Options = OHKDOptions
     weights = {"ohkd": 1.0, "ohkd_teacher_ce": 1.0}
-    default_heads = (1,)
 
     def _check_heads(self, available: int) -> None:
         if len(self.heads) != 1:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.losses._common import flat_features
 from mhkd.methods._layers import embedding_layers
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class PKTOptions:
+    eps: float = option(1e-7, "added to the kernels before normalising")
 
 
 @register
@@ -17,11 +24,13 @@ class PKT(Method):
     β = 30000, no KD. No trainable extras."""
 
     name = "pkt"
+    Options = PKTOptions
+    ce_weight = 1.0
     weights = {"pkt": 30000.0}
 
-    def __init__(self, ctx: MethodContext, eps: float = 1e-7):
-        super().__init__(ctx)
-        self.eps = eps
+    def __init__(self, ctx: MethodContext, options: PKTOptions):
+        super().__init__(TeacherUse.FEATURES)
+        self.eps = options.eps
         t_layer, s_layer = embedding_layers(ctx, self.name)
         self.teacher_layers, self.student_layers = [t_layer], [s_layer]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -10,7 +10,13 @@ from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.losses._common import flat_features
 from mhkd.methods._layers import embedding_layers
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+
+
+@dataclass
+class RKDOptions:
+    distance_weight: float = option(25.0, "weight of the distance term")
+    angle_weight: float = option(50.0, "weight of the angle term")
 
 
 @register
@@ -22,34 +28,16 @@ class RKD(Method):
     """
 
     name = "rkd"
+    Options = RKDOptions
     companions = ("kd",)
-    weights = {"ce": 0.1, "rkd": 1.0}
+    ce_weight = 0.1
+    weights = {"rkd": 1.0}
 
-    def __init__(
-        self, ctx: MethodContext, distance_weight: float = 25.0, angle_weight: float = 50.0
-    ):
-        super().__init__(ctx)
-        self.distance_weight, self.angle_weight = distance_weight, angle_weight
+    def __init__(self, ctx: MethodContext, options: RKDOptions):
+        super().__init__(TeacherUse.FEATURES)
+        self.distance_weight, self.angle_weight = options.distance_weight, options.angle_weight
         t_layer, s_layer = embedding_layers(ctx, self.name)
         self.teacher_layers, self.student_layers = [t_layer], [s_layer]
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        keep = argparse.SUPPRESS
-        parser.add_argument(
-            "--rkd-distance-weight",
-            dest="distance_weight",
-            type=float,
-            default=keep,
-            help="rkd: weight of the distance term (default 25)",
-        )
-        parser.add_argument(
-            "--rkd-angle-weight",
-            dest="angle_weight",
-            type=float,
-            default=keep,
-            help="rkd: weight of the angle term (default 50)",
-        )
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

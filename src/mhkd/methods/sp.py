@@ -7,7 +7,7 @@ from torch import Tensor
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.methods._layers import stage_pairs
-from mhkd.methods.base import Method, MethodContext, ModelOutput, register
+from mhkd.methods.base import Method, MethodContext, ModelOutput, NoOptions, TeacherUse, register
 
 
 @register
@@ -18,10 +18,11 @@ class SP(Method):
     """
 
     name = "sp"
+    ce_weight = 1.0
     weights = {"sp": 3000.0}
 
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
+    def __init__(self, ctx: MethodContext, options: NoOptions):
+        super().__init__(TeacherUse.FEATURES)
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "last")
 
     def forward(

@@ -26,14 +26,18 @@ def make_stage(
 
 
 class ZooNet(nn.Sequential):
-    """A body of named children, then global average pooling, ``flatten`` and ``classifier``.
+    """A body of named children, then the tail: global average pooling, flatten, classifier.
 
     A flat ``nn.Sequential`` of named modules means forward hooks and dependency-graph tracing
     see every stage by a stable name, and ``forward`` returns nothing but the logits.
+    Subclasses that must keep another library's module names override :meth:`tail` together
+    with ``classifier_name``. ``default_input_size`` is the side of the square images the
+    network is built for (:func:`mhkd.models.profile` measures it there).
     """
 
     embedding_name: str = "flatten"
     classifier_name: str = "classifier"
+    default_input_size: int = 32
 
     def __init__(
         self,
@@ -42,14 +46,29 @@ class ZooNet(nn.Sequential):
         num_features: int,
         num_classes: int,
     ):
-        super().__init__(
-            OrderedDict(
-                [
-                    *body,
-                    ("pool", nn.AdaptiveAvgPool2d(1)),
-                    ("flatten", nn.Flatten()),
-                    ("classifier", nn.Linear(num_features, num_classes)),
-                ]
-            )
-        )
+        super().__init__(OrderedDict([*body, *self.tail(num_features, num_classes)]))
         self.stage_names: tuple[str, ...] = tuple(stage_names)
+
+    @staticmethod
+    def tail(num_features: int, num_classes: int) -> list[tuple[str, nn.Module]]:
+        """The named modules after the body; ``classifier_name`` must name its last Linear."""
+        return [
+            ("pool", nn.AdaptiveAvgPool2d(1)),
+            ("flatten", nn.Flatten()),
+            ("classifier", nn.Linear(num_features, num_classes)),
+        ]
+
+
+def he_init(model: nn.Module) -> None:
+    """torchvision's initialisation of its ImageNet networks, so training from scratch matches.
+
+    Convs: He-normal over fan-out; BatchNorm: weight 1, bias 0. Linear layers keep PyTorch's.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

@@ -28,8 +28,16 @@ def _macs(module: nn.Module, output: Tensor) -> int:
     return output.numel() * module.in_features
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> int:
+def default_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """``(3, s, s)`` for the model's ``default_input_size`` s: 224 for the ImageNet zoo, else 32."""
+    size = getattr(model, "default_input_size", 32)
+    return (3, size, size)
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
     """Multiply-accumulates of conv and linear layers for one input of ``input_shape``.
+
+    ``None`` means the model's :func:`default_input_shape`.
 
     Runs one batch-1 forward pass in eval mode without gradients; each module's train/eval
     flag is restored afterwards. Biases, BatchNorm, activations and pooling are not counted.
@@ -40,6 +48,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> in
         nonlocal total
         total += _macs(module, output)
 
+    if input_shape is None:
+        input_shape = default_input_shape(model)
     counted = [m for m in model.modules() if isinstance(m, (*_CONVS, nn.Linear))]
     handles = [m.register_forward_hook(hook) for m in counted]
     modes = {m: m.training for m in model.modules()}
@@ -57,6 +67,6 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> in
     return total
 
 
-def profile(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> dict[str, int]:
-    """``{"params": ..., "macs": ...}`` of ``model`` at ``input_shape``."""
+def profile(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, int]:
+    """``{"params": ..., "macs": ...}`` of ``model`` at ``input_shape`` (default: its own)."""
     return {"params": count_params(model), "macs": count_macs(model, input_shape)}

@@ -159,8 +159,12 @@ def resnet32x4(num_classes: int = 100, width_mult: float = 1.0) -> ResNet:
 
 
 @register
-def resnet50(num_classes: int = 100, width_mult: float = 1.0) -> ResNet:
-    """ResNet-50 for 32x32 inputs (23.7M params): bottleneck stages of 3, 4, 6, 3 blocks."""
+def resnet50_cifar(num_classes: int = 100, width_mult: float = 1.0) -> ResNet:
+    """ResNet-50 for 32x32 inputs (23.7M params): bottleneck stages of 3, 4, 6, 3 blocks.
+
+    The benchmark's "ResNet50"; zoo specs written before the ImageNet networks call it
+    ``resnet50`` (``mhkd.models.from_spec`` maps the old name).
+    """
     planes = [scaled(c, width_mult) for c in (64, 128, 256, 512)]
     widths = [4 * p for p in planes]  # bottleneck expansion 4
     return ResNet(Bottleneck, planes[0], widths, (3, 4, 6, 3), num_classes)

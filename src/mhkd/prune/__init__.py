@@ -1,8 +1,7 @@
 """Cascaded channel pruning with hierarchical self-distillation (Miles & Mikolajczyk 2020).
 
->>> import mhkd.prune
->>> result = mhkd.prune.prune("runs/teacher/checkpoints/best.pt", "digits", keep=0.4)
->>> result.model        # physically smaller network; result.summary has sizes and latency
+The pieces: channel groups, masks and scores, the cascade of teaching assistants, export to a
+physically smaller network. The two-stage run is :mod:`mhkd.pipelines.prune`.
 """
 
 from mhkd.prune.baselines import baseline_scores, taylor_scores
@@ -13,19 +12,16 @@ from mhkd.prune.cascade import (
     cascade_score_grads,
     hint_loss,
 )
-from mhkd.prune.export import export, latency_ms, load_pruned, rebuild, resize
+from mhkd.prune.export import export, latency_ms
 from mhkd.prune.groups import ChannelGroup, ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, global_masks, magnitude_scores, ste_mask
-from mhkd.prune.run import PruneConfig, PruneResult, prune
 
 __all__ = [
     "Cascade",
     "ChannelGroup",
     "MaskedNet",
     "ModelLayout",
-    "PruneConfig",
     "PruneError",
-    "PruneResult",
     "baseline_scores",
     "cascade_keeps",
     "cascade_loss",
@@ -35,11 +31,7 @@ __all__ = [
     "global_masks",
     "hint_loss",
     "latency_ms",
-    "load_pruned",
     "magnitude_scores",
-    "prune",
-    "rebuild",
-    "resize",
     "ste_mask",
     "taylor_scores",
 ]

@@ -1,0 +1,569 @@
+"""The one configuration tree of a run, read from YAML, overridden by flags, written back.
+
+A run is described by :class:`RunConfig`: data, models, methods (each with its own options
+dataclass, see :mod:`mhkd.methods`), loss weights, optimisation, schedule and runtime. Recipes
+are this tree in YAML, the CLI generates one flag per field (method options namespaced as
+``--mhkd.beta``, so no two methods can clash), the API builds it from keywords, and
+``config.yaml`` in the run directory is the resolved tree.
+
+The flags of the core sections are flat (``--lr``, ``--epochs``, ``--data-dir``): field names
+are unique across those sections, which :func:`add_flags` checks. Flags default to "not given",
+so a flag overrides a recipe value only when it is on the command line.
+
+Why not jsonargparse/OmegaConf/tyro: each would generate ``--optim.lr``-style names (or need
+per-field renames that cost as much as this module) for the flat flags users know, and none
+turns a bad recipe value into the one-line ``FILE: key: problem`` error this project promises;
+the whole mapping here is ~250 lines with no new dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mhkd.methods.base import expand, method_class, option
+
+#: The CIFAR recipes decay the learning rate at epochs 150, 180 and 210 of 240.
+PAPER_MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+# ---- the sections -----------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """Which data set, where its files are and how it is cut and augmented."""
+
+    name: str = option(
+        "cifar100",
+        "data set (see `mhkd models`/README: cifar10, cifar100, svhn, "
+        "imagefolder, imagenet, digits, synthetic)",
+        flag="data",
+    )
+    dir: str | None = option(
+        None, "where the data set's files are (or are downloaded)", flag="data-dir"
+    )
+    image_size: int | None = option(None, "image side for digits and imagefolder")
+    train_per_class: int | None = option(
+        None, "train on a seeded, class-balanced subset of N labelled images per class"
+    )
+    augment: bool = option(True, "random crop and flip while training")
+    workers: int | None = option(
+        None, "decoding processes of a streamed data set (default: min(8, CPUs))"
+    )
+    streaming: bool | None = option(
+        None, "stream files from disk instead of holding the set in memory (default: by size)"
+    )
+    skip_bad_images: bool = option(
+        False, "skip unreadable images of a streamed set (counted) instead of stopping"
+    )
+
+
+@dataclass
+class ModelsConfig:
+    """The student (a zoo name or checkpoint) and the teacher checkpoint, with tapped layers."""
+
+    student: str | None = option(None, "zoo model name (or checkpoint) of the student")
+    teacher: str | None = option(
+        None, "teacher checkpoint (.pt; RepDistiller/mdistiller files too)"
+    )
+    teacher_arch: str | None = option(
+        None,
+        "the teacher checkpoint's architecture when the file does not say (foreign checkpoints)",
+    )
+    teacher_layers: list[str] | None = option(None, "teacher layer names, a,b,c")
+    student_layers: list[str] | None = option(None, "student layer names, a,b,c")
+
+
+@dataclass
+class OptimConfig:
+    """SGD and batch sizes. Defaults follow the CIFAR distillation benchmark."""
+
+    batch_size: int = option(64, "global batch size (split over torchrun processes)")
+    eval_batch_size: int = option(512, "batch size of evaluation")
+    lr: float = option(0.05, "initial learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay")
+    nesterov: bool = option(False, "Nesterov momentum")
+
+
+@dataclass
+class ScheduleConfig:
+    """Epochs and the learning-rate schedule (multistep: x gamma at each milestone)."""
+
+    epochs: int = option(240, "training epochs")
+    kind: Literal["multistep", "cosine"] = option(
+        "multistep", "learning-rate schedule", flag="schedule"
+    )
+    milestones: list[int] | None = option(
+        None, "epochs at which the lr drops (default: 62.5/75/87.5%% of --epochs)"
+    )
+    gamma: float = option(0.1, "lr factor at each milestone")
+
+    def resolved_milestones(self) -> list[int]:
+        if self.milestones is not None:
+            return list(self.milestones)
+        return [max(1, round(self.epochs * f)) for f in PAPER_MILESTONE_FRACTIONS]
+
+
+@dataclass
+class RuntimeConfig:
+    """How a run executes: seed, hardware, caching, logging. Changes no result but the seed's."""
+
+    seed: int = option(0, "random seed (initialisation, data order, augmentation)")
+    precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto", "auto: bf16 autocast where the hardware runs it fast, else fp32"
+    )
+    channels_last: Literal["auto", "on", "off"] = option("auto", "channels_last memory format")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
+    compile: bool = option(False, "torch.compile the models (minutes of compiling first)")
+    teacher_cache: str | None = option(
+        None,
+        "serve the teacher's outputs from DIR (built there on first use): exact per "
+        "augmentation view; for methods that read only teacher logits (kd, dkd, mhkd prefit)",
+    )
+    teacher_cache_topk: int | None = option(None, "keep only the top K cached logits")
+    teacher_cache_mmap: bool = option(False, "read the teacher cache from disk, not memory")
+    tensorboard: bool = option(False, "also log every epoch to OUT/tensorboard/")
+    quiet: bool = option(False, "no progress bar or epoch lines")
+
+
+@dataclass
+class AuxConfig:
+    """Information flow's proxy teacher (Passalis et al. 2020), trained before the student.
+
+    ``mode``: ``none`` (the real teacher teaches every layer), ``auto`` (a proxy of the
+    student's family at ``width`` times its width: CE, then infoflow from the teacher on the
+    final layer, in ``OUT/aux/``), or a checkpoint of a proxy trained before.
+    """
+
+    mode: str = option(
+        "none",
+        "infoflow's teacher of the layers: auto, a proxy checkpoint, or none (the real teacher)",
+        flag="aux",
+    )
+    width: float = option(2.0, "proxy width relative to the student", flag="aux-width")
+    epochs: int | None = option(
+        None, "proxy CE epochs (default: --epochs; 0 skips)", flag="aux-epochs"
+    )
+    distill_epochs: int | None = option(
+        None, "proxy distillation epochs (default: --epochs; 0 skips)", flag="aux-distill-epochs"
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "models": ModelsConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "runtime": RuntimeConfig,
+    "aux": AuxConfig,
+}
+
+
+@dataclass
+class RunConfig:
+    """The whole description of one training run (see the module docstring)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    method: str = "ce"
+    options: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+
+    def __post_init__(self) -> None:
+        self.options = resolve_options(self.method, self.options)
+        validate(self)
+
+
+def validate(config: RunConfig) -> None:
+    """Values every run refuses, each named as its flag would be."""
+    s, o, d = config.schedule, config.optim, config.data
+    checks = [
+        (s.epochs >= 1, f"--epochs must be at least 1, got {s.epochs}"),
+        (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
+        (o.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {o.eval_batch_size}"),
+        (o.lr > 0, f"--lr must be positive, got {o.lr}"),
+        (o.momentum >= 0 and o.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
+        (s.gamma > 0, f"--gamma must be positive, got {s.gamma}"),
+        (
+            d.train_per_class is None or d.train_per_class >= 1,
+            f"--train-per-class must be at least 1, got {d.train_per_class}",
+        ),
+        (
+            d.image_size is None or d.image_size >= 8,
+            f"--image-size must be at least 8, got {d.image_size}",
+        ),
+        (
+            config.runtime.teacher_cache_topk is None or config.runtime.teacher_cache_topk >= 1,
+            f"--teacher-cache-topk must be at least 1, got {config.runtime.teacher_cache_topk}",
+        ),
+        (all(w >= 0 for w in config.weights.values()), "--weight values must be >= 0"),
+    ]
+    if s.milestones is not None:
+        m = s.milestones
+        checks.append(
+            (
+                all(a < b for a, b in zip([0, *m], m, strict=False)),
+                f"--milestones must be increasing positive epochs, got {m}",
+            )
+        )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def resolve_options(spec: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every method of ``spec`` (companions included) with its options dataclass filled in.
+
+    ``given`` maps a method name to a dataclass or a dict of its fields; a method that is not
+    in the spec, or a field its dataclass lacks, is an error.
+    """
+    names = expand(spec)
+    extra = sorted(set(given) - set(names))
+    if extra:
+        raise ConfigError(
+            f"options for {', '.join(extra)}, which method {spec!r} does not use "
+            f"(it runs {', '.join(names) or 'no method'})"
+        )
+    resolved = {}
+    for name in names:
+        options_class = method_class(name).Options
+        value = given.get(name)
+        if value is None or isinstance(value, dict):
+            value = from_dict(options_class, value or {}, f"options.{name}")
+        elif not isinstance(value, options_class):
+            raise ConfigError(f"options.{name} must be a {options_class.__name__}")
+        resolved[name] = value
+    return resolved
+
+
+# ---- dicts and YAML ---------------------------------------------------------------------------
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    """``value`` as type ``kind`` (int, float, str, bool, lists, optionals, literals)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for option_type in inner:
+            try:
+                return _coerce(option_type, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, (str, int, float, Path)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be text, got {value!r}")
+        return str(value)
+    return value  # Any
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from ``values`` (over the instance ``base`` when given),
+    strictly: unknown keys and bad types are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {values!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"{where or cls.__name__} takes {', '.join(sorted(names))}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hints[name]):
+            f = fields[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            kwargs[name] = from_dict(hints[name], value or {}, key, default)
+        elif issubclass(cls, RunConfig) and name == "options":
+            kwargs[name] = value or {}
+        else:
+            kwargs[name] = _coerce(hints[name], value, key)
+    try:
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def to_dict(config: Any) -> Any:
+    """The tree as plain YAML-safe values (tuples become lists)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, mapping by mapping."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, kind: str = "recipe") -> dict[str, Any]:
+    """A YAML mapping from ``path``; missing, unparsable or non-mapping files are one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{kind} not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {kind} {path}: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} is not a {kind}: expected a mapping of keys")
+    return tree
+
+
+# ---- command-line flags -----------------------------------------------------------------------
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or f.name.replace("_", "-")
+
+
+def _argparse_type(kind: Any, where: str):
+    def parse(text: str) -> Any:
+        try:
+            return _coerce(kind, text, where)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _add_field(group: Any, f: dataclasses.Field, kind: Any, flag: str, dest: str) -> None:
+    help_text = f.metadata.get("help", "")
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is not None and not isinstance(default, bool):
+        help_text += f" (default: {default})"
+    inner = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+    if kind is bool or inner == [bool]:
+        group.add_argument(
+            f"--{flag}",
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+        return
+    choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+    group.add_argument(
+        f"--{flag}",
+        dest=dest,
+        default=argparse.SUPPRESS,
+        choices=choices,
+        type=None if choices else _argparse_type(kind, f"--{flag}"),
+        metavar=None if choices else f.name.upper(),
+        help=help_text,
+    )
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...] = tuple(SECTIONS),
+    renames: dict[str, str] | None = None,
+    methods: bool = True,
+    skip: tuple[str, ...] = (),
+    section_types: dict[str, type] | None = None,
+) -> None:
+    """One flag per field of ``sections`` (flat names) and, with ``methods``, per method option.
+
+    ``renames`` maps ``section.field`` to another flag name (``models.student`` -> ``model``);
+    ``skip`` leaves fields out; ``section_types`` adds sections of other configurations.
+    """
+    renames = renames or {}
+    types_by_name = {**SECTIONS, **(section_types or {})}
+    seen: dict[str, str] = {}
+    for section in sections:
+        cls = types_by_name[section]
+        group = parser.add_argument_group(section, (cls.__doc__ or "").splitlines()[0])
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            dest = f"{section}.{f.name}"
+            if dest in skip:
+                continue
+            flag = renames.get(dest, _flag(f))
+            if flag in seen:
+                raise RuntimeError(f"flag --{flag} of {dest} clashes with {seen[flag]}")
+            seen[flag] = dest
+            _add_field(group, f, hints[f.name], flag, dest)
+    if methods:
+        add_method_flags(parser)
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--weight TERM=W`` and every method's options as ``--NAME.FIELD``."""
+    from mhkd.methods import registered
+
+    parser.add_argument(
+        "--method",
+        default=argparse.SUPPRESS,
+        help="method or sum of methods, e.g. kd, mhkd, crd+mhkd",
+    )
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="TERM=W",
+        help="weight of a loss term, e.g. --weight kd=0.9",
+    )
+    for cls in registered():
+        group = parser.add_argument_group(
+            f"{cls.name} options", (cls.__doc__ or "").strip().splitlines()[0]
+        )
+        hints = _hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            flag = f"{cls.name}.{f.name.replace('_', '-')}"
+            _add_field(group, f, hints[f.name], flag, f"options.{cls.name}.{f.name}")
+
+
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"--weight expects TERM=NUMBER, got {item!r}")
+    return weights
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line as a partial configuration tree."""
+    tree: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if dest == "method":
+            tree["method"] = value
+        elif dest == "weight":
+            tree["weights"] = _parse_weights(value)
+        elif "." in dest:
+            node = tree
+            *parents, leaf = dest.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return tree
+
+
+def flat_names() -> dict[str, str]:
+    """Each core field's flat name (its flag, ``_`` for ``-``) -> its ``section.field`` path.
+
+    The Python API takes these as keywords (``epochs=``, ``data_dir=``, ``schedule=``), so it
+    and the CLI name every setting the same way.
+    """
+    names = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            names[_flag(f).replace("-", "_")] = f"{section}.{f.name}"
+    return names
+
+
+def from_keywords(**values: Any) -> dict[str, Any]:
+    """A partial tree from flat keywords (see :func:`flat_names`); unknown ones are errors."""
+    names = flat_names()
+    tree: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in ("method", "options", "weights"):
+            tree[key] = value
+            continue
+        if key not in names:
+            raise ConfigError(f"unknown setting {key!r}; settings are {', '.join(sorted(names))}")
+        section, leaf = names[key].split(".")
+        tree.setdefault(section, {})[leaf] = value
+    return tree
+
+
+def build(tree: dict[str, Any], where: str = "", cls: type = RunConfig) -> Any:
+    """A :class:`RunConfig` (or ``cls``) from a partial tree; ``where`` prefixes errors."""
+    try:
+        return from_dict(cls, tree)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+# ---- recipes ----------------------------------------------------------------------------------
+#: Keys of a recipe that describe it rather than configure the run.
+RECIPE_NOTES = ("paper", "notes")
+
+
+def read_recipe(path: str | Path, cls: type = RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A recipe: (its configuration tree, its notes such as the paper's number).
+
+    The tree is checked by building a ``cls`` from it, so a bad key or value is refused
+    before any run.
+    """
+    tree = read_yaml(path)
+    notes = {key: tree.pop(key) for key in RECIPE_NOTES if key in tree}
+    build(tree, str(path), cls)
+    return tree, notes

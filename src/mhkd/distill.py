@@ -1,0 +1,226 @@
+"""The distillation step: a student trained by cross-entropy and methods, taught by a teacher.
+
+Teacher training is the same step with no method (``ce``). The teacher runs without a graph
+and outside the module tree (never in the optimiser or a checkpoint); with a teacher cache it
+does not run at all. The step plugs into :class:`mhkd.loop.EpochLoop`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mhkd import checkpoint, distributed, hardware
+from mhkd.config import OptimConfig, RuntimeConfig, ScheduleConfig
+from mhkd.data.batch import Batch
+from mhkd.loop import StepOutput, evaluate, weighted_sum
+from mhkd.methods import MethodSet, ModelOutput, TeacherUse
+from mhkd.models.complexity import profile
+from mhkd.retrieval import retrieval_loaders, retrieval_map
+from mhkd.taps import Taps
+from mhkd.teacher_cache import TeacherCache, build_cache, cached_outputs, open_cache
+
+
+def input_shape(data: Any) -> tuple[int, int, int]:
+    """The shape of one training image of ``data`` (resident or streamed)."""
+    shape = getattr(data, "input_shape", None)
+    return tuple(shape) if shape is not None else tuple(data.train.images.shape[1:])
+
+
+class DistillForward(nn.Module):
+    """One step's forward: teacher outputs (run or cached), the student, every loss term.
+
+    Student and methods are submodules (their parameters train, DDP wraps this module); the
+    teacher is held in a list so it never enters the optimiser or a checkpoint.
+    """
+
+    def __init__(self, student: nn.Module, methods: MethodSet, teacher: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.methods = methods
+        runs_teacher = teacher is not None and methods.teacher_use > TeacherUse.NONE
+        self._teacher = [teacher] if runs_teacher else []
+        self._student_taps = Taps(student, methods.student_layers)
+        self._teacher_taps = Taps(teacher, methods.teacher_layers) if runs_teacher else None
+        self.cache: TeacherCache | None = None
+
+    def teacher_output(self, batch: Batch) -> ModelOutput | None:
+        if self.cache is not None:
+            return self.cache.lookup(batch.indices, batch.views)
+        if not self._teacher:
+            return None
+        with torch.no_grad():
+            logits = self._teacher[0](batch.images)
+        return ModelOutput(logits, self._teacher_taps.pop())
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # type: ignore[override]
+        teacher = self.teacher_output(batch)
+        logits = self.student(batch.images)
+        student = ModelOutput(logits, self._student_taps.pop())
+        terms = {"ce": F.cross_entropy(logits.float(), batch.labels)}
+        terms.update(self.methods(student, teacher, batch))
+        return logits, terms
+
+
+class DistillStep:
+    """SGD on the student and the methods' extras; see the module docstring."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        methods: MethodSet,
+        teacher: nn.Module | None,
+        optim: OptimConfig,
+        schedule: ScheduleConfig,
+        runtime: RuntimeConfig,
+        device: torch.device,
+        weights: dict[str, float],
+        train_loader: Any,
+        data: Any,
+    ):
+        self.device = device
+        self.precision = hardware.resolve_precision(runtime.precision, device)
+        self.runtime = runtime
+        self.student, self.teacher, self.methods = student, teacher, methods
+        self.weights = weights
+        self.train_loader = train_loader
+        self.data = data
+        if methods.teacher_use > TeacherUse.NONE and teacher is None:
+            raise ValueError(f"method {methods.spec!r} needs a teacher (--teacher)")
+        self.forward = DistillForward(student, methods, teacher)
+        self.ddp: nn.Module = self.forward
+        if distributed.world()[1] > 1:
+            # Buffers stay per rank: methods with data-set-wide state (CRD's memory banks)
+            # synchronise it themselves, and broadcasting them every step would be costly.
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.forward,
+                device_ids=[device] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        params = [p for p in self.forward.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+            nesterov=optim.nesterov,
+        )  # fmt: skip
+        if schedule.kind == "cosine":
+            self.scheduler: torch.optim.lr_scheduler.LRScheduler = (
+                torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, schedule.epochs)
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, schedule.resolved_milestones(), schedule.gamma
+            )
+        self.cache: TeacherCache | None = None
+
+    # ---- the Step protocol ---------------------------------------------------------------
+    def prepare(self, fresh: bool) -> None:
+        """Methods' one-off work (fresh runs only), then the teacher cache, which needs it."""
+        if fresh:
+            self.methods.prepare(self.teacher, self.train_loader)
+        if self.runtime.teacher_cache:
+            self.cache = self.forward.cache = self._open_cache()
+
+    def _open_cache(self) -> TeacherCache:
+        runtime = self.runtime
+        if self.teacher is None:
+            raise ValueError("--teacher-cache needs a teacher")
+        outputs = cached_outputs(self.methods)  # refuses methods that read live features
+        data = self.data
+        if not getattr(data, "resident", True):
+            raise ValueError(
+                "--teacher-cache needs a data set held in memory: a streamed set's random "
+                "resized crops are not a finite set of views"
+            )
+        root = Path(runtime.teacher_cache)
+        if distributed.world()[0] == 0 and not (root / "meta.json").is_file():
+            build_cache(
+                root, self.teacher, data, self.device, outputs=outputs,
+                augment=self.train_loader.augment,
+                topk=runtime.teacher_cache_topk, precision=self.precision,
+                channels_last=self.train_loader.channels_last,
+                quiet=runtime.quiet or not sys.stderr.isatty(),
+            )  # fmt: skip
+        distributed.barrier()
+        cache = open_cache(
+            root, self.teacher, data, self.device, runtime.teacher_cache_mmap, outputs=outputs
+        )
+        if cache.meta["topk"] != runtime.teacher_cache_topk:
+            raise ValueError(
+                f"teacher cache {root} keeps top-{cache.meta['topk']} logits, "
+                f"not top-{runtime.teacher_cache_topk}"
+            )
+        return cache
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.forward.train()
+        return {"lr": self.optimizer.param_groups[0]["lr"], **self.methods.start_epoch(epoch)}
+
+    def __call__(self, batch: Batch) -> StepOutput:
+        with hardware.autocast(self.device, self.precision):
+            logits, terms = self.ddp(batch)
+        loss = weighted_sum(terms, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return StepOutput(logits, terms)
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    def evaluate(self, loader: Any) -> dict[str, Any]:
+        return {"test_acc": evaluate(self.student, loader, self.device, self.precision)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.student.state_dict(),
+            "arch": checkpoint.model_spec(self.student),
+            "method": self.methods.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["model"])
+        self.methods.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def deployable(self) -> dict[str, Any]:
+        return {
+            "format": "mhkd/1",
+            "arch": checkpoint.model_spec(self.student),
+            "model": self.student.state_dict(),
+            "data": self.data.name,
+            "input_shape": list(input_shape(self.data)),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        sizes = profile(self.student, input_shape(self.data))
+        extra: dict[str, Any] = {
+            "params": sizes["params"],
+            "macs": sizes["macs"],
+            "precision": self.precision,
+        }
+        if self.cache is not None:
+            extra["teacher_cache_bytes"] = self.cache.size_bytes()
+            extra["teacher_cache_build_seconds"] = self.cache.meta["build_seconds"]
+        if self._reports_retrieval():
+            database, queries = retrieval_loaders(
+                self.data, self.train_loader.batch_size, self.device,
+                self.train_loader.channels_last,
+            )  # fmt: skip
+            extra["retrieval_map"] = retrieval_map(
+                self.student, database, queries, device=self.device, precision=self.precision
+            )
+        return {**extra, **self.methods.summary()}
+
+    def _reports_retrieval(self) -> bool:
+        """Information flow is judged by retrieval (its paper's Table 1): rank 0 scores the
+        student's embedding of the test images against the whole training split."""
+        resident = getattr(self.data, "resident", True)
+        return "infoflow" in self.methods.methods and resident and distributed.world()[0] == 0

@@ -1,0 +1,177 @@
+"""The proxy teacher of heterogeneous distillation (Passalis et al. 2020), as a pipeline.
+
+A teacher of another architecture family is a poor direct model for a student's intermediate
+layers. The proxy is the student's own family and depth at about twice its width. Three
+stages, each an ordinary run directory resumable on its own:
+
+1. ``OUT/aux/ce``: the proxy trained with cross-entropy;
+2. ``OUT/aux/distill``: the proxy distilled from the real teacher by infoflow on the final
+   representation only; the result is saved as ``OUT/aux/proxy.pt`` (reuse it with
+   ``--aux OUT/aux/proxy.pt`` for other students);
+3. ``OUT``: the student distilled with the configured method(s) from the proxy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mhkd import checkpoint, models
+from mhkd.config import ConfigError, RunConfig
+from mhkd.loop import set_seed
+from mhkd.methods.base import expand
+from mhkd.methods.infoflow import default_layers
+from mhkd.pipelines.training import TrainingRun, load_data, load_model
+from mhkd.rundir import RunDirectory
+
+#: The proxy's width relative to the student, as in the paper ("about twice its width").
+PROXY_WIDTH = 2.0
+
+
+def build_proxy(student: nn.Module, width: float = PROXY_WIDTH) -> nn.Module:
+    """A fresh zoo model of the student's family and depth, ``width`` times as wide."""
+    spec = checkpoint.model_spec(student)
+    if spec is None:
+        raise ValueError(
+            f"cannot build a proxy of {type(student).__name__}, which is not a zoo model; "
+            "train your own proxy and pass its checkpoint (--aux CKPT)"
+        )
+    if not width > 0:
+        raise ValueError(f"--aux-width must be positive, got {width}")
+    kwargs = dict(spec.get("kwargs", {}))
+    kwargs["width_mult"] = kwargs.get("width_mult", 1.0) * width
+    return models.create(spec["name"], spec["num_classes"], **kwargs)
+
+
+def proxy_checkpoint(out: str | Path) -> Path:
+    """Where the proxy trained for run directory ``out`` is saved (its final weights)."""
+    return Path(out) / "aux" / "proxy.pt"
+
+
+def _stage(
+    config: RunConfig,
+    out: Path | None,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    splits: Any,
+    resume: bool,
+    overwrite: bool,
+) -> nn.Module:
+    """Fit one stage unless its directory already holds it finished; returns the model."""
+    if out is not None and (out / "summary.json").is_file() and resume:
+        state = RunDirectory(out, writes=False).load_last()
+        model.load_state_dict(state["step"]["model"])
+        return model
+    again = resume and out is not None and (out / "checkpoints" / "last.pt").is_file()
+    run = TrainingRun(
+        config, out, student=model, teacher=teacher, splits=splits, overwrite=overwrite,
+        resume=again,
+    )  # fmt: skip
+    run.fit()
+    return run.student
+
+
+def train_proxy(
+    proxy: nn.Module,
+    teacher: nn.Module,
+    config: RunConfig,
+    splits: Any,
+    out: Path | None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> nn.Module:
+    """Stages 1 and 2 (see the module docstring); returns the trained proxy."""
+    aux = config.aux
+    teacher_layer = (config.models.teacher_layers or default_layers(teacher, "teacher"))[-1]
+    proxy_layer = default_layers(proxy, "proxy")[-1]
+    for phase, epochs in (("ce", aux.epochs), ("distill", aux.distill_epochs)):
+        epochs = config.schedule.epochs if epochs is None else epochs
+        if epochs < 1:
+            continue
+        distilling = phase == "distill"
+        schedule = dataclasses.replace(
+            config.schedule,
+            epochs=epochs,
+            milestones=config.schedule.milestones if epochs == config.schedule.epochs else None,
+        )
+        phase_config = dataclasses.replace(
+            config,
+            method="infoflow" if distilling else "ce",
+            options={"infoflow": config.options.get("infoflow")} if distilling else {},
+            weights={},
+            schedule=schedule,
+            models=dataclasses.replace(
+                config.models,
+                teacher=None,
+                teacher_layers=[teacher_layer] if distilling else None,
+                student_layers=[proxy_layer] if distilling else None,
+            ),
+            aux=dataclasses.replace(aux, mode="none"),
+        )
+        phase_out = out / "aux" / phase if out is not None else None
+        if not config.runtime.quiet:
+            where = f" -> {phase_out}" if phase_out else ""
+            print(f"proxy teacher: {phase} phase, {epochs} epochs{where}", file=sys.stderr)
+        proxy = _stage(phase_config, phase_out, proxy, teacher if distilling else None, splits,
+                       resume, overwrite)  # fmt: skip
+    if out is not None:
+        checkpoint.save(
+            {"format": "mhkd/1", "arch": checkpoint.model_spec(proxy), "model": proxy.state_dict()},
+            proxy_checkpoint(out),
+        )
+    return proxy
+
+
+def run_with_proxy(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    splits: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """The student taught by a proxy (``config.aux.mode``: ``auto`` or a proxy checkpoint)."""
+    if "infoflow" not in expand(config.method):
+        raise ConfigError(
+            f"--aux is information flow's proxy teacher; method {config.method!r} has no infoflow"
+        )
+    out = Path(out) if out is not None else None
+    splits = splits if splits is not None else load_data(config)
+    set_seed(config.runtime.seed)  # the student and the proxy are initialised from the seed
+    student = load_model(student if student is not None else config.models.student,
+                         splits.num_classes)  # fmt: skip
+    mode = config.aux.mode
+    if mode == "auto":
+        source = teacher if teacher is not None else config.models.teacher
+        if source is None:
+            raise ConfigError("--aux auto trains the proxy from the teacher: pass --teacher")
+        real_teacher = load_model(source, splits.num_classes, config.models.teacher_arch)
+        real_teacher.requires_grad_(False).eval()
+        proxy = train_proxy(build_proxy(student, config.aux.width), real_teacher, config, splits,
+                            out, resume, overwrite)  # fmt: skip
+        where = str(proxy_checkpoint(out)) if out is not None else None
+    else:
+        proxy = load_model(mode, splits.num_classes)
+        where = mode
+    student_config = dataclasses.replace(
+        config, models=dataclasses.replace(config.models, teacher=None)
+    )
+    facts = {
+        "infoflow_aux": "auto" if mode == "auto" else "checkpoint",
+        "infoflow_aux_checkpoint": where,
+        "infoflow_aux_model": (checkpoint.model_spec(proxy) or {}).get("name"),
+        "infoflow_aux_params": sum(p.numel() for p in proxy.parameters()),
+    }
+    again = resume and out is not None and (out / "checkpoints" / "last.pt").is_file()
+    run = TrainingRun(
+        student_config, out, student=student, teacher=proxy.requires_grad_(False).eval(),
+        splits=splits, resume=again, overwrite=overwrite, extra_config=facts, **options,
+    )  # fmt: skip
+    return run.fit()

@@ -1,0 +1,533 @@
+"""A run directory: one run's files, owned by one process at a time.
+
+::
+
+    OUT/.lock                 who runs here: pid, host, start time, command line
+    OUT/config.yaml           the resolved configuration
+    OUT/metrics.jsonl         one line per epoch, "epoch" 1-based (as printed and as best_epoch)
+    OUT/summary.json          written when the run ends (shape: RunSummary, "schema": 1)
+    OUT/checkpoints/last.pt   everything needed to resume exactly
+    OUT/checkpoints/best.pt   the deployable student at its best test accuracy
+
+Why a lock: two runs started on one folder would otherwise interleave their metrics and replace
+each other's files. :meth:`RunDirectory.claim` creates ``.lock`` with ``O_CREAT|O_EXCL`` before
+anything else is written, so exactly one process wins; the lock names its holder, so a second
+claimer is told who runs there, and a lock left on this host by a process that no longer runs
+(killed with -9, a node reboot) is recognised, named and taken over. A lock written on another
+host cannot be checked from here: it is refused, and the message says which file to delete.
+
+Text files are replaced atomically (a temporary file and a rename) so a full disk or a kill
+never leaves half a config or summary, and they are created like any other file (mode 0o666
+less the umask). Checkpoints go through :func:`mhkd.checkpoint.save`. A stage of a pipeline
+(``OUT/stage1``, ``OUT/aux/ce``) is a run directory of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mhkd import checkpoint
+
+LOCK = ".lock"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+#: What makes a folder a run's: a fresh run refuses a folder holding any of these (or a
+#: checkpoint ``checkpoints/*.pt``) unless told to overwrite, which removes them.
+ARTEFACT_FILES = (CONFIG, METRICS, SUMMARY)
+ARTEFACT_FOLDERS = ("tensorboard",)
+#: A temporary file of an atomic write: ``.NAME.RANDOM`` next to ``NAME`` (``checkpoint.save``
+#: and this module both name them so).
+#: Lock files this process holds, so a second claim from the same process is refused while a
+#: lock naming this pid but not held (left by an earlier process that had the same pid, e.g. a
+#: restarted container) is stale.
+_HELD: set[str] = set()
+
+
+class RunDirectoryError(ValueError):
+    """The folder cannot be used as asked: it holds a run, or another process runs in it."""
+
+
+class RunDirectoryAccessError(OSError):
+    """A run file cannot be created or written (permissions, a read-only or full disk)."""
+
+
+def _warn(message: str) -> None:
+    print(f"mhkd: warning: {message}", file=sys.stderr)
+
+
+# ---- the summary schema ------------------------------------------------------------------
+SCHEMA_VERSION = 1
+#: Fields without which a summary.json is not a training run's (the report's tables need them).
+REQUIRED_FIELDS = ("test_acc", "best_test_acc", "params", "macs", "seed", "seconds")
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """What every run writes to ``summary.json`` when it ends.
+
+    Every field must be given; ``None`` where it does not apply (``teacher`` of a teacher's own
+    training, ``peak_gpu_memory_mb`` off CUDA) or where a summary from an older release lacked
+    it. Method- and pipeline-specific values (``teacher_params``, a pruning run's
+    ``params_before``) go in ``extra``; on disk they sit at the top level beside the declared
+    fields, so summary.json stays one flat object.
+    """
+
+    test_acc: float
+    best_test_acc: float
+    best_epoch: int | None  # 1-based, as printed; None in summaries written before schema 1
+    params: int
+    macs: int
+    model: str | None
+    teacher: str | None
+    method: str | None
+    data: str | None
+    num_classes: int | None
+    epochs: int | None
+    seed: int
+    seconds: float
+    precision: str | None
+    channels_last: bool | None
+    world_size: int | None
+    peak_host_memory_mb: float | None
+    peak_gpu_memory_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def declared(cls) -> tuple[str, ...]:
+        """The names of the declared fields (all but ``extra``)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of summary.json: ``schema``, the declared fields, then ``extra``."""
+        names = self.declared()
+        clash = sorted(set(self.extra) & {"schema", *names})
+        if clash:
+            raise ValueError(f"summary extra field(s) {', '.join(clash)} shadow declared fields")
+        return {
+            "schema": SCHEMA_VERSION,
+            **{name: getattr(self, name) for name in names},
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "summary") -> RunSummary:
+        """Read a summary object; one without ``schema`` (older releases) reads the same way."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} is not a JSON object")
+        schema = data.get("schema", 0)
+        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+            raise ValueError(
+                f"{source} has summary schema {schema!r}; this mhkd reads up to {SCHEMA_VERSION}"
+            )
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
+        if missing:
+            raise ValueError(f"{source} has no {', '.join(missing)}: not a training run's summary")
+        names = cls.declared()
+        return cls(
+            **{name: data.get(name) for name in names},
+            extra={k: v for k, v in data.items() if k not in names and k != "schema"},
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A declared field or an ``extra`` value by name; ``default`` where absent or None."""
+        value = getattr(self, key) if key in self.declared() else self.extra.get(key)
+        return default if value is None else value
+
+
+# ---- the lock ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LockHolder:
+    """The process a ``.lock`` file names."""
+
+    pid: int
+    host: str
+    started: str
+    command: str
+    token: str
+
+    @classmethod
+    def me(cls) -> LockHolder:
+        return cls(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            started=time.strftime("%Y-%m-%d %H:%M:%S"),
+            command=shlex.join(sys.argv),
+            token=secrets.token_hex(8),
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> LockHolder | None:
+        """The holder a lock file names; ``None`` when it is gone, empty or garbled."""
+        try:
+            fields = json.loads(path.read_text())
+            holder = cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return holder if isinstance(holder.pid, int) else None
+
+    def describe(self) -> str:
+        return f"pid {self.pid}@{self.host} since {self.started}"
+
+    def is_stale(self, lock: Path) -> bool:
+        """True when the holder ran on this host and no longer runs."""
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            return _key(lock) not in _HELD  # an earlier process that had this pid
+        return not _alive(self.pid)
+
+
+def _key(lock: Path) -> str:
+    return os.path.realpath(lock)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+# ---- the run directory -------------------------------------------------------------------
+class RunDirectory:
+    """One run's folder: claim, configuration, metrics, checkpoints and summary.
+
+    ``writes=False`` (every rank but 0 of a distributed run, or ``root=None``: a run without a
+    folder) makes every write a no-op while reads still work. ``readonly=True`` opens a
+    finished run for reading; a write then is a programming error. Use it as a context manager
+    so the lock is released however the run ends::
+
+        with RunDirectory(out).claim(overwrite=False, resume=False) as run:
+            run.write_config(tree)
+            ...
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None,
+        *,
+        writes: bool = True,
+        readonly: bool = False,
+        warn: Callable[[str], None] = _warn,
+    ):
+        self.root = Path(root) if root is not None else None
+        self.readonly = readonly
+        self.writes = writes and not readonly and self.root is not None
+        self.warn = warn
+        self._holder: LockHolder | None = None
+        self._created = False  # the claim made the folder
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.root)!r}, writes={self.writes})"
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory."""
+        if self.root is None:
+            raise ValueError("this run has no directory (out)")
+        return self.root.joinpath(*parts)
+
+    # ---- claim and release ---------------------------------------------------------------
+    def claim(self, overwrite: bool = False, resume: bool = False) -> RunDirectory:
+        """Lock the folder for this process, then make it ready for a fresh or resumed run.
+
+        A fresh run refuses a folder holding any run artefact unless ``overwrite``, which
+        removes them; ``resume`` keeps them. Temporary files of interrupted writes are removed
+        and named. Returns ``self``; without ``writes`` nothing happens.
+        """
+        if overwrite and resume:
+            raise ValueError("--overwrite and --resume exclude each other")
+        self._check_writable()
+        if not self.writes or self._holder is not None:
+            return self
+        with self._os_errors(f"cannot claim run directory {self.root}"):
+            self._created = not self.root.exists()
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        try:
+            self._prepare(overwrite, resume)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Release the lock (if this process still holds it)."""
+        if self._holder is None:
+            return
+        lock = self.path(LOCK)
+        _HELD.discard(_key(lock))
+        if LockHolder.read(lock) == self._holder:
+            lock.unlink(missing_ok=True)
+        self._holder = None
+        if self._created:  # e.g. a --resume into a mistyped folder: leave nothing behind
+            self._created = False
+            with contextlib.suppress(OSError):
+                self.root.rmdir()  # only if empty
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _lock(self) -> None:
+        lock = self.path(LOCK)
+        me = LockHolder.me()
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                holder = LockHolder.read(lock)
+                if holder is None or not holder.is_stale(lock):
+                    raise RunDirectoryError(self._busy(holder)) from None
+                self._take_over(lock, holder)
+                continue
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(dataclasses.asdict(me)) + "\n")
+            except BaseException:
+                lock.unlink(missing_ok=True)  # a half-written lock would block every claim
+                raise
+            _HELD.add(_key(lock))
+            self._holder = me
+            return
+        raise RunDirectoryError(self._busy(LockHolder.read(lock)))
+
+    def _busy(self, holder: LockHolder | None) -> str:
+        lock = self.path(LOCK)
+        who = holder.describe() if holder is not None else "another process"
+        return f"run directory {self.root} is in use by {who} (if it no longer runs, delete {lock})"
+
+    def _take_over(self, lock: Path, stale: LockHolder) -> None:
+        """Remove a stale lock; a guard file makes sure only one claimer removes it."""
+        guard = lock.with_name(LOCK + ".takeover")
+        try:
+            os.close(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise RunDirectoryError(
+                f"run directory {self.root} is being claimed by another process "
+                f"(if none is, delete {guard})"
+            ) from None
+        try:
+            if LockHolder.read(lock) == stale:  # not replaced meanwhile by a live claimer
+                lock.unlink(missing_ok=True)
+                self.warn(
+                    f"took over the lock of {self.root} left by {stale.describe()}, "
+                    "which no longer runs"
+                )
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def _prepare(self, overwrite: bool, resume: bool) -> None:
+        found = self.artefacts()
+        if found and not resume:
+            names = ", ".join(str(p.relative_to(self.root)) for p in found)
+            if not overwrite:
+                if self.has_last():
+                    raise RunDirectoryError(
+                        f"{self.root} already holds a run ({names}): continue it with --resume, "
+                        "start over with --overwrite, or choose another --out"
+                    )
+                raise RunDirectoryError(
+                    f"{self.root} already holds a run ({names}) without a checkpoint to resume: "
+                    "start over with --overwrite, or choose another --out"
+                )
+            with self._os_errors(f"cannot clear run directory {self.root}"):
+                for path in found:
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+        orphans = self.orphans()
+        if orphans:
+            with self._os_errors(f"cannot clear run directory {self.root}"):
+                for path in orphans:
+                    path.unlink(missing_ok=True)
+            names = ", ".join(str(p.relative_to(self.root)) for p in orphans)
+            self.warn(f"removed temporary file(s) left by an interrupted write: {names}")
+
+    def artefacts(self) -> list[Path]:
+        """The run files and folders present (config, metrics, summary, checkpoints, ...)."""
+        if self.root is None:
+            return []
+        found = [self.path(name) for name in ARTEFACT_FILES if self.path(name).is_file()]
+        found += sorted(self.path(CHECKPOINTS).glob("*.pt"))
+        found += [self.path(name) for name in ARTEFACT_FOLDERS if self.path(name).is_dir()]
+        return found
+
+    def orphans(self) -> list[Path]:
+        """Temporary files of atomic writes that never finished (``.last.pt.x1y2z3`` ...)."""
+        if self.root is None:
+            return []
+        found = []
+        for folder in (self.root, self.path(CHECKPOINTS)):
+            if not folder.is_dir():
+                continue
+            for path in checkpoint.orphaned_temp_files(folder):
+                target = checkpoint.temp_target(path.name) or ""
+                if target in ARTEFACT_FILES or target.endswith(".pt"):
+                    found.append(path)
+        return found
+
+    # ---- files ---------------------------------------------------------------------------
+    def write_config(self, tree: dict[str, Any]) -> None:
+        """Write the resolved configuration as YAML (safe types only)."""
+        if self._check_writable():
+            self._write_text(self.path(CONFIG), yaml.safe_dump(tree, sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        """The resolved configuration; ``{}`` when the run has none."""
+        path = self.path(CONFIG)
+        if not path.is_file():
+            return {}
+        try:
+            tree = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
+        if tree is None:
+            return {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path} is not a YAML mapping")
+        return tree
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record as a line of JSON."""
+        if self._check_writable():
+            path = self.path(METRICS)
+            with self._os_errors(f"cannot write {path}"), path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every epoch record, epochs 1-based; a last line cut short by a kill is ignored.
+
+        Releases before the run-directory schema counted epochs from 0; such a file (its
+        first record is epoch 0) is renumbered so that reports read old and new runs alike.
+        """
+        path = self.path(METRICS)
+        if not path.is_file():
+            return []
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{path}:{number} is not JSON") from None
+        if records and records[0].get("epoch") == 0:
+            records = [{**r, "epoch": r["epoch"] + 1} for r in records]
+        return records
+
+    def trim_metrics(self, done: int) -> None:
+        """Keep the records of the first ``done`` epochs: a resumed run logs later ones again."""
+        if self._check_writable() and self.path(METRICS).is_file():
+            kept = [r for r in self.read_metrics() if r["epoch"] <= done]
+            self._write_text(self.path(METRICS), "".join(json.dumps(r) + "\n" for r in kept))
+
+    def has_last(self) -> bool:
+        """Whether ``checkpoints/last.pt`` exists (a run to resume)."""
+        return self.root is not None and self.path(CHECKPOINTS, "last.pt").is_file()
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        """Write the resumable state, atomically."""
+        if self._check_writable():
+            self._save(state, self.path(CHECKPOINTS, "last.pt"))
+
+    def save_best(self, state: dict[str, Any]) -> None:
+        """Write the deployable model at its best epoch, atomically."""
+        if self._check_writable():
+            self._save(state, self.path(CHECKPOINTS, "best.pt"))
+
+    def load_last(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The resumable state (every rank reads it)."""
+        path = self.path(CHECKPOINTS, "last.pt")
+        if not path.is_file():
+            raise checkpoint.CheckpointError(
+                f"--resume: no checkpoint at {path} (start over with --overwrite)"
+            )
+        return checkpoint.read_state(path, map_location=map_location)
+
+    def write_summary(self, summary: RunSummary) -> None:
+        """Write summary.json (the run has ended)."""
+        if self._check_writable():
+            self._write_text(self.path(SUMMARY), json.dumps(summary.to_dict(), indent=2) + "\n")
+
+    def read_summary(self) -> RunSummary | None:
+        """The run's summary; ``None`` while the run has not ended."""
+        path = self.path(SUMMARY)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is not JSON") from None
+        return RunSummary.from_dict(data, path)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _check_writable(self) -> bool:
+        if self.readonly:
+            raise RuntimeError(f"{self.root} was opened read-only")
+        return self.writes
+
+    def _save(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            checkpoint.save(state, path)
+        except OSError as exc:
+            if str(path) in str(exc):
+                raise
+            raise _access_error(f"cannot write {path}", exc) from None
+
+    def _write_text(self, path: Path, text: str) -> None:
+        """Replace ``path`` by ``text`` via a temporary file created with the umask's mode."""
+        with self._os_errors(f"cannot write {path}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.temp_path(path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+    @contextlib.contextmanager
+    def _os_errors(self, what: str) -> Iterator[None]:
+        """Turn an OSError into one line saying what could not be done, and why."""
+        try:
+            yield
+        except RunDirectoryAccessError:
+            raise
+        except OSError as exc:
+            raise _access_error(what, exc) from None
+
+
+def _access_error(what: str, exc: OSError) -> RunDirectoryAccessError:
+    error = RunDirectoryAccessError(f"{what}: {exc.strerror or exc}")
+    error.errno = exc.errno
+    return error
