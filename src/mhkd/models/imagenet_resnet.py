@@ -8,58 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
+from mhkd.models import resnet
 from mhkd.models._base import ZooNet, he_init, make_stage, scaled
 from mhkd.models._registry import register
 
 
-def _downsample(cin: int, cout: int, stride: int) -> nn.Module:
-    """Identity when shapes match, else torchvision's 1x1 conv + BN ``downsample``."""
-    if stride == 1 and cin == cout:
-        return nn.Identity()
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+class BasicBlock(resnet.BasicBlock):
+    """The CIFAR ResNets' basic block with torchvision's name for its shortcut."""
+
+    shortcut_name = "downsample"
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers plus ``downsample`` of the input, ReLU after the sum."""
+class Bottleneck(resnet.Bottleneck):
+    """The bottleneck (stride on the 3x3 conv) with torchvision's name for its shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = _downsample(cin, cout, stride)
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(out + self.downsample(x))
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce to ``cout / 4``, strided 3x3, 1x1 expand to ``cout``; ReLU after the sum."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        mid = cout // 4
-        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.relu2 = nn.ReLU()
-        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.downsample = _downsample(cin, cout, stride)
-        self.relu3 = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn3(self.conv3(self.relu2(self.bn2(self.conv2(out)))))
-        return self.relu3(out + self.downsample(x))
+    shortcut_name = "downsample"
 
 
 class ImageNetResNet(ZooNet):

@@ -21,7 +21,17 @@ def _projection(cin: int, cout: int, stride: int) -> nn.Module:
     )
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """A residual block whose shortcut module is called ``shortcut_name`` (``shortcut`` here,
+    ``downsample`` in torchvision's layout), so one block serves both state_dict layouts."""
+
+    shortcut_name = "shortcut"
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        return getattr(self, self.shortcut_name)(x)
+
+
+class BasicBlock(_Residual):
     """Two 3x3 conv-BN layers plus a shortcut, ReLU after the sum."""
 
     def __init__(self, cin: int, cout: int, stride: int):
@@ -31,15 +41,15 @@ class BasicBlock(nn.Module):
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = _projection(cin, cout, stride)
+        self.add_module(self.shortcut_name, _projection(cin, cout, stride))
         self.relu2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(out + self._shortcut(x))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     """1x1 reduce to ``cout / 4``, strided 3x3, 1x1 expand to ``cout``; ReLU after the sum."""
 
     def __init__(self, cin: int, cout: int, stride: int):
@@ -53,13 +63,13 @@ class Bottleneck(nn.Module):
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.shortcut = _projection(cin, cout, stride)
+        self.add_module(self.shortcut_name, _projection(cin, cout, stride))
         self.relu3 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn3(self.conv3(self.relu2(self.bn2(self.conv2(out)))))
-        return self.relu3(out + self.shortcut(x))
+        return self.relu3(out + self._shortcut(x))
 
 
 class ResNet(ZooNet):
