@@ -137,7 +137,11 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
             ran.append(argv[0])
     assert ran == ["quickstart", "train", "recipe", "train", "distill", "distill", "eval",
                    "example", "report", "export", "distill", "distill"]  # fmt: skip
-    assert "CPU latency, batch 64" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "CPU latency, batch 64" in printed
+    rows = [line.split("  ")[0] for line in printed.splitlines()]
+    for row in ("teacher resnet32", *(f"student resnet8 ({m})" for m in ("CE", "KD", "MHKD"))):
+        assert row in rows, row  # the quickstart's four rows
     assert list(Path("runs/mhkd-resnet20-s0/tensorboard").glob("events.out.tfevents.*"))
     report = Path("report/report.md").read_text()
     assert "| cifar100 | resnet56 | resnet20 | mhkd | 2 (0, 1) |" in report
