@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 import zlib
@@ -314,3 +315,32 @@ def test_decompression_bomb_is_refused(tree: Path) -> None:
     _, test = data.make_loaders(load(tree, image_size=8), 16, workers=0)
     with pytest.raises(DataError, match=f"refusing to decode {bomb}, a decompression bomb"):
         passes(test, 0)
+
+
+# ---------------------------------------------------------------- whole runs on a streamed tree
+def test_train_then_distill_one_epoch_on_an_imagenet_tree(tree: Path, tmp_path: Path) -> None:
+    """The ImageNet path end to end at 32×32: a resnet18 teacher, then MHKD into MobileNetV1
+    (heads under the stride rule), evaluated and resumed like any run."""
+    from mhkd import checkpoint
+    from mhkd.cli import main
+
+    common = ["--data", "imagenet", "--data-dir", str(tree), "--image-size", "32",
+              "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet"]  # fmt: skip
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--model", "resnet18", "--epochs", "1", "--out", str(teacher),
+                 *common]) == 0  # fmt: skip
+    summary = json.loads((teacher / "summary.json").read_text())
+    assert summary["data"] == "imagenet" and summary["num_classes"] == 3
+    student = tmp_path / "student"
+    argv = ["distill", "--teacher", str(teacher / "checkpoints" / "best.pt"), "--student",
+            "mobilenetv1", "--method", "mhkd", "--mhkd.head-width", "8", "--out", str(student),
+            *common]  # fmt: skip
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0
+    records = [json.loads(x) for x in (student / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[0]["loss_mhkd"] > 0
+    best = checkpoint.read_state(student / "checkpoints" / "best.pt")
+    assert best["data"] == "imagenet" and best["input_shape"] == [3, 32, 32]
+    assert not [k for k in best["model"] if "head" in k]  # the bare student
+    assert main(["eval", str(student / "checkpoints" / "best.pt"), "--data-dir", str(tree),
+                 "--image-size", "32", "--workers", "0"]) == 0  # fmt: skip
