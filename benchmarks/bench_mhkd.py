@@ -239,7 +239,8 @@ def main() -> None:
         step_rows += rows
         mac_rows += macs
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {machine()}. "
+        f"Command: `python benchmarks/bench_mhkd.py {' '.join(sys.argv[1:])}`",
         "",
         f"MHKD vs KD train step, batch {args.batch}, {precision}, CIFAR-100 shape (32×32, "
         f"{CLASSES} classes); median of {args.steps} interleaved steps after a warm-up. "
