@@ -18,10 +18,12 @@ RESULTS = HERE / "results"
 SECTIONS = [
     ("Quickstart on the digits set", "quickstart.md"),
     ("Train step: mhkd against a bare loop (CE, KD)", "speed_ce_kd.md"),
+    ("Train step before and after the renovation", "renovation_speed.md"),
     ("Train step per method (KD, MHKD, CRD)", "speed_methods.md"),
     ("channels_last on and off", "speed_layout.md"),
     ("torch.compile on and off", "speed_compile.md"),
     ("Cached teacher targets", "cache.md"),
+    ("Streaming loader on ImageNet-size JPEGs", "loader.md"),
     ("MHKD step against the KD step", "mhkd_speed.md"),
     ("Baselines' step against the KD step", "baselines.md"),
     ("Low-label digits: every method against CE", "lowlabel.md"),
