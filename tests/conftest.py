@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -48,3 +52,20 @@ FAST = {"batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32", "devic
 @pytest.fixture
 def fast() -> dict:
     return dict(FAST)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder in which creating any file fails as on a read-only file system (a
+    chmod would not stop root, who runs the tests in CI)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(folder)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    return folder

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from torch import nn
 
-from mhkd import config as cfg
-from mhkd import data
+from mhkd import api, data
 from mhkd.pipelines.training import TrainingRun
 from mhkd.preemption import RunInterrupted
 
@@ -29,17 +28,8 @@ def training_run(
     **settings: Any,
 ) -> TrainingRun:
     """A built, not yet fitted run, from the same flat settings as ``mhkd.api``."""
-    tree = cfg.from_keywords(method=method, **settings)
-    tree.setdefault("data", {})["name"] = splits.name
-    modules = {}
-    for role, model in (("student", student), ("teacher", teacher)):
-        if isinstance(model, nn.Module):
-            modules[role] = model
-        elif model is not None:
-            tree.setdefault("models", {})[role] = str(model)
-    return TrainingRun(
-        cfg.build(tree), out, splits=splits, resume=resume, overwrite=overwrite, **modules
-    )
+    config, objects = api.configure(student, splits, teacher, method, **settings)
+    return TrainingRun(config, out, resume=resume, overwrite=overwrite, **objects)
 
 
 def stop_after(run: TrainingRun, epoch: int) -> RunInterrupted:

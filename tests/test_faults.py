@@ -154,19 +154,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(
     assert train(out, 3, "--resume") == 0  # and the run goes on from there
 
 
-def test_a_read_only_output_folder_is_one_line_and_nothing_is_written(
-    tmp_path, monkeypatch, capsys
-):
-    out = tmp_path / "readonly"
-    out.mkdir()
-    real_open = os.open
-
-    def read_only(path, flags, *args):
-        if str(path).startswith(str(out)) and flags & os.O_CREAT:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", read_only)
+def test_a_read_only_output_folder_is_one_line_and_nothing_is_written(read_only_folder, capsys):
+    out = read_only_folder
     assert train(out, 1) == 2
     (line,) = error_lines(capsys)
     assert line == f"mhkd: error: cannot claim run directory {out}: Read-only file system"

@@ -18,6 +18,7 @@ from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse
 from mhkd.methods.infoflow import InfoFlowOptions, match_layers, period_weights
 from mhkd.pipelines.proxy import build_proxy, proxy_checkpoint
+from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.rundir import RunDirectory
 from mhkd.taps import Taps, infer_shapes
 
@@ -209,6 +210,10 @@ def test_auto_proxy_run_then_reuse_its_checkpoint(tmp_path, fast):
     assert distilled["method"] == "infoflow" and distilled["teacher"] == "TinyNet"
     assert summary["infoflow_aux_model"] == "resnet8" and len(summary["infoflow_pairs"]) == 4
     assert summary["teacher"] == "resnet8"  # the student's teacher is the proxy
+    # judged as its paper judges it: retrieval mAP of the trained student, test against train
+    database, queries = retrieval_loaders(tiny_data, 32)
+    assert summary["retrieval_map"] == pytest.approx(retrieval_map(student, database, queries))
+    assert "retrieval_map" not in ce_summary  # a method not judged by retrieval
     (proxy_log,) = _metrics(out / "aux" / "distill" / "metrics.jsonl")
     assert "loss_infoflow" in proxy_log and "infoflow_alpha_intermediate" not in proxy_log
     (log,) = _metrics(out / "metrics.jsonl")

@@ -291,17 +291,8 @@ def test_non_writers_write_nothing(tmp_path):
     assert nowhere.artefacts() == [] and not nowhere.has_last()
 
 
-def test_a_read_only_folder_is_one_line_naming_it(tmp_path, monkeypatch):
-    out = tmp_path / "readonly"
-    out.mkdir()
-    real_open = os.open
-
-    def read_only_open(path, flags, *args):
-        if str(path).startswith(str(out)) and flags & os.O_CREAT:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", read_only_open)
+def test_a_read_only_folder_is_one_line_naming_it(read_only_folder):
+    out = read_only_folder
     with pytest.raises(RunDirectoryAccessError) as refused:
         RunDirectory(out).claim()
     assert str(refused.value) == f"cannot claim run directory {out}: Read-only file system"

@@ -59,21 +59,34 @@ def load_data(dataset: str | data.DataSplits, **settings: Any) -> data.DataSplit
     return load_run_data(cfg.build(cfg.from_keywords(data=dataset, **settings)))
 
 
+def configure(
+    student: Model,
+    dataset: str | data.DataSplits,
+    teacher: Model | None = None,
+    method: str = "ce",
+    **settings: Any,
+) -> tuple[cfg.RunConfig, dict[str, Any]]:
+    """The run configuration of flat ``settings``, and the modules/splits passed beside it
+    (``student=``, ``teacher=``, ``splits=`` for :func:`run` or a ``TrainingRun``)."""
+    splits = dataset if isinstance(dataset, data.DataSplits) else None
+    tree = cfg.from_keywords(method=method, **settings)
+    tree.setdefault("data", {})["name"] = splits.name if splits is not None else dataset
+    objects: dict[str, Any] = {"splits": splits}
+    for role, model in (("student", student), ("teacher", teacher)):
+        if isinstance(model, nn.Module):
+            objects[role] = model
+        elif model is not None:
+            tree.setdefault("models", {})[role] = str(model)
+    return cfg.build(tree), objects
+
+
 def _run(student: Model, dataset: str | data.DataSplits, teacher: Model | None, method: str,
          settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     out = settings.pop("out", None)
     resume = settings.pop("resume", False)
     overwrite = settings.pop("overwrite", False)
-    splits = dataset if isinstance(dataset, data.DataSplits) else None
-    tree = cfg.from_keywords(method=method, **settings)
-    tree.setdefault("data", {})["name"] = splits.name if splits is not None else dataset
-    modules = {}
-    for role, model in (("student", student), ("teacher", teacher)):
-        if isinstance(model, nn.Module):
-            modules[role] = model
-        elif model is not None:
-            tree.setdefault("models", {})[role] = str(model)
-    return run(cfg.build(tree), out, splits=splits, resume=resume, overwrite=overwrite, **modules)
+    config, objects = configure(student, dataset, teacher, method, **settings)
+    return run(config, out, resume=resume, overwrite=overwrite, **objects)
 
 
 def train(model: Model, data: str | data.DataSplits = "digits", **settings: Any) -> dict:

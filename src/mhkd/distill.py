@@ -220,7 +220,7 @@ class DistillStep:
         return {**extra, **self.methods.summary()}
 
     def _reports_retrieval(self) -> bool:
-        """Information flow is judged by retrieval (its paper's Table 1): rank 0 scores the
-        student's embedding of the test images against the whole training split."""
+        """Methods judged by retrieval get the student's retrieval mAP (rank 0: test images
+        against the whole training split, which must be held in memory)."""
         resident = getattr(self.data, "resident", True)
-        return "infoflow" in self.methods.methods and resident and distributed.world()[0] == 0
+        return self.methods.judged_by_retrieval and resident and distributed.world()[0] == 0

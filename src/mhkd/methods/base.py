@@ -89,7 +89,8 @@ class Method(nn.Module):
     A subclass states, as class attributes: ``name``; ``Options``, the dataclass of its
     options (its flags are generated from it as ``--NAME.FIELD``); ``ce_weight``, the weight
     it gives the label term; ``weights``, the default weight of every term ``forward``
-    returns; ``companions``, methods that always run beside it (e.g. ``("kd",)``). Its
+    returns; ``companions``, methods that always run beside it (e.g. ``("kd",)``);
+    ``judged_by_retrieval``, whether its paper measures the student by retrieval mAP. Its
     ``__init__(ctx, options)`` passes ``teacher_use`` up, fills ``teacher_layers`` /
     ``student_layers`` with the layers it needs tapped, and it implements ``forward``.
     """
@@ -99,6 +100,7 @@ class Method(nn.Module):
     ce_weight: ClassVar[float] = 1.0
     weights: ClassVar[dict[str, float]] = {}
     companions: ClassVar[tuple[str, ...]] = ()
+    judged_by_retrieval: ClassVar[bool] = False
 
     def __init__(self, teacher_use: TeacherUse = TeacherUse.FEATURES):
         super().__init__()
@@ -214,6 +216,10 @@ class MethodSet(nn.Module):
     @property
     def teacher_use(self) -> TeacherUse:
         return max((m.teacher_use for m in self.methods.values()), default=TeacherUse.NONE)
+
+    @property
+    def judged_by_retrieval(self) -> bool:
+        return any(m.judged_by_retrieval for m in self.methods.values())
 
     @property
     def teacher_layers(self) -> list[str]:
