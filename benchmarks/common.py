@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 import statistics
 import subprocess
@@ -86,3 +88,36 @@ def mhkd_runner(run) -> Callable[[], None]:
         train_step(batch)
 
     return step
+
+
+def load_records(path: Path) -> list[dict]:
+    """The records of a study's JSONL file (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample std and standard error of the mean."""
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std, std / math.sqrt(len(values))
+
+
+def versus(values: dict[int, float], reference: dict[int, float]) -> str:
+    """``values`` minus ``reference`` (both by seed): the difference of the means in standard
+    errors of that difference (unpaired) and the mean per-seed difference over its standard
+    error (paired over the shared seeds)."""
+    if len(values) < 2 or len(reference) < 2:
+        return ""
+    m, _, se = stats(list(values.values()))
+    m0, _, se0 = stats(list(reference.values()))
+    delta = m - m0
+    z = delta / math.hypot(se, se0) if se or se0 else float("nan")
+    shared = sorted(set(values) & set(reference))
+    paired = ""
+    if len(shared) > 1:
+        d = [values[s] - reference[s] for s in shared]
+        dm, _, dse = stats(d)
+        paired = f", paired {dm / dse:+.1f}" if dse else ""
+    return f"{delta:+.2f} pts = {z:+.1f} SE{paired}"

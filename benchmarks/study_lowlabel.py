@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import statistics
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import load_records, machine, stats, versus  # noqa: E402
 
 from mhkd import api  # noqa: E402
 
@@ -119,36 +118,6 @@ def job(task: tuple) -> dict:
 
 def init_worker() -> None:
     torch.set_num_threads(1)
-
-
-def load_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def stats(values: list[float]) -> tuple[float, float, float]:
-    """Mean, sample std and standard error of the mean."""
-    mean = statistics.mean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std, std / math.sqrt(len(values))
-
-
-def versus(values: dict[int, float], ce: dict[int, float]) -> str:
-    """Difference of the means in SE of the difference, unpaired and paired over shared seeds."""
-    if len(values) < 2 or len(ce) < 2:
-        return ""
-    m, _, se = stats(list(values.values()))
-    m0, _, se0 = stats(list(ce.values()))
-    delta = m - m0
-    z = delta / math.hypot(se, se0) if se or se0 else float("nan")
-    shared = sorted(set(values) & set(ce))
-    paired = ""
-    if len(shared) > 1:
-        d = [values[s] - ce[s] for s in shared]
-        dm, _, dse = stats(d)
-        paired = f", paired {dm / dse:+.1f}" if dse else ""
-    return f"{delta:+.2f} pts = {z:+.1f} SE{paired}"
 
 
 def table(args: argparse.Namespace, records: list[dict], teachers: dict[str, dict]) -> str:

@@ -1,143 +1,254 @@
-"""Study: cascaded pruning vs no assistants vs plain magnitude pruning, on scikit-learn digits.
+"""Cascaded pruning on digits: where do teaching assistants help, from mild to extreme pruning?
 
-Scaled down to run in minutes on 2 shared CPU cores: narrow VGG-16 and ResNet-56
-(``--width``), a short teacher schedule and 3 + 3 pruning epochs (the paper: 80 + 80 on CIFAR).
-Every method gets the same epoch count: cascade and no-assistants run stage 1 + stage 2,
-the baseline fine-tunes with cross-entropy for both. Teachers are trained once (seed 0);
-pruning runs differ by seed. Writes a markdown table and the raw summaries.
+    python benchmarks/study_prune_digits.py [--models vgg16:0.125:32 resnet56:0.25:16]
+        [--keeps 0.4 0.2 0.1 0.05] [--seeds 0 1 2] [--epochs 20] [--workers 2]
 
-    python benchmarks/study_prune_digits.py --out runs/study-prune
+Per model (``name:width:image_size``) one teacher is trained with cross-entropy on the full
+digits training split (1347 images, seed 0). It is then pruned to each keep fraction by three
+methods with the same epoch count: the cascade (3 teaching assistants, stage 1 + stage 2), its
+ablation without assistants (the original teaches the student directly, stage 1 + stage 2) and
+one-shot magnitude pruning fine-tuned with cross-entropy for both stages' epochs.
+
+Runs go to ``--runs`` (one run directory each), ``--workers`` at a time as processes of one
+thread. Every finished run is appended to ``--jsonl``; a rerun skips the runs found there, so
+an interrupted study resumes where it stopped. The markdown table (``--table``) is rewritten
+after every run. "half-way" is the stage-2 test accuracy at half its epochs: a schedule has
+converged when it is close to the last epoch's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import torch
-from common import machine
 
-METHODS = {  # label -> prune() options
+sys.path.insert(0, str(Path(__file__).parent))
+from common import load_records, machine, stats, versus  # noqa: E402
+
+from mhkd import api  # noqa: E402
+from mhkd.pipelines.prune import prune  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+#: label -> prune() options
+METHODS: dict[str, dict] = {
     "cascade (3 TAs)": {"assistants": 3},
     "no assistants": {"assistants": 0},
-    "magnitude + FT": {"baseline": "magnitude"},
+    "magnitude + CE": {"baseline": "magnitude"},
 }
+#: Each method's row is compared with these (paired over seeds).
+COMPARED = {"cascade (3 TAs)": "no assistants", "no assistants": "magnitude + CE"}
 
 
-def _teacher(name: str, width: float, epochs: int, out: Path) -> dict[str, Any]:
+def parse_model(spec: str) -> tuple[str, float, int]:
+    name, width, size = spec.split(":")
+    return name, float(width), int(size)
+
+
+def teacher_dir(args: argparse.Namespace, spec: str) -> Path:
+    return Path(args.runs) / "teachers" / spec.replace(":", "-")
+
+
+def train_teacher(args: argparse.Namespace, spec: str) -> dict:
+    """The model to prune: trained once per spec, reused by every run and every rerun."""
     torch.set_num_threads(1)
-    from mhkd import api, models
+    from mhkd import models
 
-    model = models.create(name, num_classes=10, width_mult=width)
-    run = out / f"teacher-{name}"
-    summary = api.train(
-        model, "digits", epochs=epochs, schedule="cosine", out=run, quiet=True, precision="fp32"
+    out = teacher_dir(args, spec)
+    summary = out / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    name, width, size = parse_model(spec)
+    return api.train(
+        models.create(name, num_classes=10, width_mult=width),
+        "digits",
+        out=out,
+        epochs=args.teacher_epochs,
+        schedule="cosine",
+        seed=0,
+        image_size=size,
+        quiet=True,
+        precision="fp32",
     )
-    return {**summary, "checkpoint": str(run / "checkpoints" / "last.pt")}
 
 
-def _prune(checkpoint: str, label: str, seed: int, args: argparse.Namespace, out: Path):
-    torch.set_num_threads(1)
-    from mhkd.pipelines.prune import prune
+def halfway_accuracy(run: Path, epochs: int) -> float | None:
+    """Stage 2's test accuracy after half its epochs, from the run's metrics.jsonl."""
+    for record in load_records(run / "metrics.jsonl"):
+        if record.get("epoch") == max(1, epochs // 2):
+            return record["test_acc"]
+    return None
 
+
+def job(task: tuple) -> dict:
+    """One pruning run; returns its JSONL record."""
+    args, spec, keep, label, seed = task
+    out = Path(args.runs) / spec.replace(":", "-") / f"keep{keep}" / f"{label.split()[0]}-s{seed}"
     started = time.perf_counter()
     summary = prune(
-        checkpoint,
+        teacher_dir(args, spec) / "checkpoints" / "last.pt",
         "digits",
-        keep=args.keep,
+        keep=keep,
         epochs=args.epochs,
         finetune_epochs=args.epochs,
         seed=seed,
+        image_size=parse_model(spec)[2],
         precision="fp32",
         quiet=True,
         latency_repeats=5,
-        out=out / f"{Path(checkpoint).parts[-3]}-{label.split()[0]}-s{seed}",
+        out=out,
+        overwrite=True,  # a run not in the JSONL did not finish: start it over
         **METHODS[label],
     ).summary
-    return {**summary, "label": label, "wall_s": time.perf_counter() - started}
+    stage1 = summary.get("stage1") or {}
+    return {
+        "model": spec,
+        "keep": keep,
+        "method": label,
+        "seed": seed,
+        "test_acc": summary["test_acc"],
+        "best_test_acc": summary["best_test_acc"],
+        "halfway_acc": halfway_accuracy(out, args.epochs),
+        "stage1_acc": stage1.get("test_acc"),
+        "params_kept": summary["params_kept"],
+        "macs_kept": summary["macs_kept"],
+        "latency_ms": summary["latency_ms"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def _mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+def init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _cell(values: list[float]) -> str:
+    mean, std, se = stats(values)
+    return f"{mean:.2f} ± {std:.2f} | {se:.2f}"
+
+
+def table(args: argparse.Namespace, records: list[dict], teachers: dict[str, dict]) -> str:
+    lines = [
+        "# Channel pruning on digits: cascade vs no assistants vs magnitude pruning",
+        "",
+        f"Machine: {machine()}, {args.workers} runs at a time. Last command (runs of earlier "
+        "commands are kept in the JSONL): "
+        f"`python benchmarks/study_prune_digits.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Teachers: CE on the full training split (1347 images), {args.teacher_epochs} epochs, "
+        "cosine lr 0.05, seed 0. Pruning: the spec's settings (SGD Nesterov, lr 0.008 cosine, "
+        "wd 4e-4, KD τ = 15, λ = 0.4, RMSProp channel scores, keeps of the assistants evenly "
+        f"spaced up to 1.0) with {args.epochs} + {args.epochs} epochs (paper: 80 + 80 on "
+        f"CIFAR); magnitude pruning fine-tunes {2 * args.epochs} epochs with CE. Test accuracy "
+        "(%, 450 test images, one image = 0.22 points): mean ± sample std | standard error "
+        "over seeds, last and best epoch; 'stage 1' is the exported student before "
+        "fine-tuning; 'half-way' the fine-tuning's accuracy at half its epochs (convergence). "
+        "Params and MACs count conv and linear layers of the exported student. Latency: "
+        "median of 5 eval passes at batch 64 on one thread, before → after (noisy: another "
+        "run shares the machine). 'vs': the row minus the method named, in standard errors "
+        "of the difference (unpaired; paired over seeds).",
+    ]
+    specs = list(dict.fromkeys(r["model"] for r in records))
+    for spec in specs:
+        t = teachers.get(spec)
+        lines += ["", f"### {spec.split(':')[0]} (width × {spec.split(':')[1]}, "
+                  f"{spec.split(':')[2]}×{spec.split(':')[2]})", ""]  # fmt: skip
+        if t:
+            lines += [
+                f"Teacher: last {t['test_acc']:.2f}, best {t['best_test_acc']:.2f}; "
+                f"{t['params']} params, {t['macs'] / 1e6:.2f} M MACs.",
+                "",
+            ]
+        lines += [
+            "| keep | method | seeds | last | SE | best | SE | stage 1 | half-way "
+            "| params kept | MACs kept | latency b64 (ms) | s / run | vs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for keep in sorted({r["keep"] for r in records if r["model"] == spec}, reverse=True):
+            rows = [r for r in records if r["model"] == spec and r["keep"] == keep]
+            for label in METHODS:
+                runs = [r for r in rows if r["method"] == label]
+                if not runs:
+                    continue
+                stage1 = [r["stage1_acc"] for r in runs if r["stage1_acc"] is not None]
+                half = [r["halfway_acc"] for r in runs if r["halfway_acc"] is not None]
+                lat = [r["latency_ms"] for r in runs]
+                ref = COMPARED.get(label)
+                vs = ""
+                if ref:
+                    other = {r["seed"]: r["test_acc"] for r in rows if r["method"] == ref}
+                    shown = versus({r["seed"]: r["test_acc"] for r in runs}, other)
+                    vs = f"{shown} vs {ref}" if shown else ""
+                lines.append(
+                    f"| {keep} | {label} | {len(runs)} "
+                    f"| {_cell([r['test_acc'] for r in runs])} "
+                    f"| {_cell([r['best_test_acc'] for r in runs])} "
+                    f"| {f'{statistics.mean(stage1):.2f}' if stage1 else '—'} "
+                    f"| {f'{statistics.mean(half):.2f}' if half else '—'} "
+                    f"| {100 * statistics.mean(r['params_kept'] for r in runs):.2f} % "
+                    f"| {100 * statistics.mean(r['macs_kept'] for r in runs):.2f} % "
+                    f"| {statistics.median(x['before']['batch64'] for x in lat):.1f} → "
+                    f"{statistics.median(x['after']['batch64'] for x in lat):.1f} "
+                    f"| {statistics.mean(r['seconds'] for r in runs):.0f} | {vs} |"
+                )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/study-prune")
-    parser.add_argument("--models", default="vgg16:0.125,resnet56:0.25", help="name:width,...")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--keep", type=float, default=0.4)
-    parser.add_argument("--epochs", type=int, default=3, help="per stage")
-    parser.add_argument("--teacher-epochs", type=int, default=12)
+    parser.add_argument(
+        "--models", nargs="+", default=["vgg16:0.125:32", "resnet56:0.25:16"],
+        help="name:width_mult:image_size",
+    )  # fmt: skip
+    parser.add_argument("--keeps", type=float, nargs="+", default=[0.4, 0.2, 0.1, 0.05])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--epochs", type=int, default=20, help="per stage")
+    parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--results", default="benchmarks/results/prune.md")
+    parser.add_argument("--runs", default="runs/prune-digits")
+    parser.add_argument("--jsonl", type=Path, default=RESULTS / "prune.jsonl")
+    parser.add_argument("--table", type=Path, default=RESULTS / "prune.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    specs = [(n, float(w)) for n, w in (item.split(":") for item in args.models.split(","))]
-    started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        trained = [pool.submit(_teacher, n, w, args.teacher_epochs, out) for n, w in specs]
-        teachers = {name: job.result() for (name, _), job in zip(specs, trained, strict=True)}
-        jobs = [
-            pool.submit(_prune, teachers[name]["checkpoint"], label, seed, args, out)
-            for name, _ in specs
-            for seed in range(args.seeds)
-            for label in METHODS
-        ]
-        runs = [job.result() for job in jobs]
-    minutes = (time.perf_counter() - started) / 60
-    (out / "study.json").write_text(json.dumps({"teachers": teachers, "runs": runs}, indent=1))
+    torch.set_num_threads(1)  # as in every worker, so machine() names what a run had
+    for spec in args.models:
+        parse_model(spec)  # a malformed spec fails before any run starts
 
-    lines = [
-        "# Channel pruning on digits: cascade vs no assistants vs magnitude pruning",
-        "",
-        f"Machine: {machine()} (one thread per run, {args.workers} runs in parallel on a shared "
-        f"2-core host). Whole study: {minutes:.1f} min.",
-        "",
-        f"Scaled down to run in minutes: width multipliers {args.models}, teachers "
-        f"{args.teacher_epochs} epochs (CE, cosine lr 0.05); pruning to keep = {args.keep} of "
-        f"the channels with {args.epochs} + {args.epochs} epochs (paper: 80 + 80 on CIFAR); the "
-        f"baseline fine-tunes {2 * args.epochs} epochs with CE. Other settings are the spec's "
-        "defaults (SGD Nesterov, lr 0.008 cosine, wd 4e-4, KD τ = 15, λ = 0.4, RMSProp scores). "
-        f"Test accuracy (%) of the last epoch and of the best epoch, mean ± std over "
-        f"{args.seeds} seeds (digits test split, 450 images). Params and MACs count conv and "
-        "linear layers of the exported (physically pruned) student; latency is the median of "
-        "5 eval forward passes on one CPU thread.",
-        "",
-        "| model | method | test acc (last) | test acc (best) | params kept | MACs kept "
-        "| latency b1 before→after (ms) | latency b64 before→after (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+    done = {(r["model"], r["keep"], r["method"], r["seed"]) for r in load_records(args.jsonl)}
+    # seed-major: an interrupted study has every (model, keep, method) at its first seeds
+    tasks = [
+        (args, spec, keep, label, seed)
+        for seed in args.seeds
+        for spec in args.models
+        for keep in args.keeps
+        for label in args.methods
+        if (spec, keep, label, seed) not in done
     ]
-    for name, _ in specs:
-        t = teachers[name]
-        lines.append(
-            f"| {name} | teacher (unpruned) | {t['test_acc']:.2f} | {t['best_test_acc']:.2f} "
-            f"| {t['params']} | {t['macs'] / 1e6:.2f} M | | |"
-        )
-        for label in METHODS:
-            rows = [r for r in runs if r["model"] == name and r["label"] == label]
-            lat = [r["latency_ms"] for r in rows]
-
-            def med(when: str, batch: str, lat: list = lat) -> float:
-                return statistics.median(x[when][batch] for x in lat)
-
-            lines.append(
-                f"| {name} | {label} | {_mean_std([r['test_acc'] for r in rows])} "
-                f"| {_mean_std([r['best_test_acc'] for r in rows])} "
-                f"| {_mean_std([100 * r['params_kept'] for r in rows])} % "
-                f"| {_mean_std([100 * r['macs_kept'] for r in rows])} % "
-                f"| {med('before', 'batch1'):.2f} → {med('after', 'batch1'):.2f} "
-                f"| {med('before', 'batch64'):.1f} → {med('after', 'batch64'):.1f} |"
+    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with mp.get_context("spawn").Pool(args.workers, initializer=init_worker) as pool:
+        summaries = pool.starmap(train_teacher, [(args, spec) for spec in args.models])
+        teachers = dict(zip(args.models, summaries, strict=True))
+        for spec, s in teachers.items():
+            print(f"teacher {spec}: last {s['test_acc']:.2f} best {s['best_test_acc']:.2f}",
+                  flush=True)  # fmt: skip
+        for record in pool.imap_unordered(job, tasks):
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(
+                f"{record['model']} keep {record['keep']} {record['method']} s{record['seed']}: "
+                f"last {record['test_acc']:.2f} best {record['best_test_acc']:.2f} "
+                f"({record['seconds']:.0f} s)",
+                flush=True,
             )
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            args.table.write_text(table(args, load_records(args.jsonl), teachers))
+    text = table(args, load_records(args.jsonl), teachers)
+    args.table.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhkd import checkpoint, models
+from mhkd import api, checkpoint, data, loop, models
 
 
 @pytest.fixture
@@ -151,3 +151,23 @@ def test_load_model_refuses_nonfinite_weights(tmp_path: Path):
     torch.save({"model": theirs}, foreign)
     with pytest.raises(checkpoint.CheckpointError, match="NaN or infinite values in 2 tensors"):
         checkpoint.load_model(foreign)
+
+
+def test_a_runs_last_checkpoint_serves_as_a_model(tmp_path: Path, tiny_data, fast):
+    """Users pass ``last.pt`` where ``best.pt`` is meant (a teacher, a model to prune): it holds
+    the network of the last finished epoch, which must come back as that network."""
+    summary = api.train("resnet8", tiny_data, out=tmp_path / "run", epochs=2, **fast)
+    model, meta = checkpoint.load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (meta["epoch"], meta["data"], meta["arch"]["name"]) == (2, "synthetic", "resnet8")
+    assert meta["test_acc"] == pytest.approx(summary["test_acc"])
+    _, test_loader = data.make_loaders(tiny_data, batch_size=64)
+    assert loop.evaluate(model, test_loader, torch.device("cpu")) == pytest.approx(
+        summary["test_acc"]
+    )
+
+
+def test_a_resume_file_without_a_network_of_its_own_is_named(tmp_path: Path):
+    path = tmp_path / "stage1" / "checkpoints" / "last.pt"
+    checkpoint.save({"format": checkpoint.RESUME_FORMAT, "step": {"model": {}}}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="resume checkpoint whose network"):
+        checkpoint.load_model(path)

@@ -162,6 +162,34 @@ def check_finite_weights(state_dict: Mapping[str, Any], path: str | Path) -> Non
 
 
 # ---- any checkpoint -> a model -----------------------------------------------------------
+#: The format of a run's resume file (``checkpoints/last.pt``), written by the epoch loop.
+RESUME_FORMAT = "mhkd/2"
+
+
+def _resumed_model(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run's ``last.pt`` seen as a model checkpoint: its step's network at the last epoch.
+
+    Users pass ``last.pt`` as a teacher or a model to prune as often as ``best.pt``; the
+    network is there (the step's ``model`` and ``arch``), only the wrapping differs.
+    """
+    step, loop = state.get("step"), state.get("loop")
+    if not (isinstance(step, dict) and step.get("arch") and _is_tensor_dict(step.get("model"))):
+        raise CheckpointError(
+            f"{path} is a resume checkpoint whose network cannot be rebuilt on its own (a "
+            "pruning stage or a user's module); use the run's checkpoints/best.pt or export"
+        )
+    identity = state.get("identity") if isinstance(state.get("identity"), dict) else {}
+    last = loop.get("last", {}) if isinstance(loop, dict) else {}
+    return {
+        "format": f"{RESUME_FORMAT} (last.pt)",
+        "arch": step["arch"],
+        "model": step["model"],
+        "data": identity.get("data"),
+        "test_acc": last.get("test_acc") if isinstance(last, dict) else None,
+        "epoch": loop.get("epoch") if isinstance(loop, dict) else None,
+    }
+
+
 #: How a foreign file wraps its state_dict: the entry name -> the format reported.
 _WRAPPERS = {"model": "repdistiller", "state_dict": "state_dict"}
 
@@ -284,6 +312,8 @@ def load_model(
     """
     path = Path(path)
     state = _read(path, map_location)
+    if isinstance(state, dict) and state.get("format") == RESUME_FORMAT:
+        state = _resumed_model(state, path)
     if isinstance(state, dict) and "arch" in state and "model" in state:
         model, weights = build_model(state, path), state["model"]
         meta = {

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mhkd import distributed, hardware
+from mhkd import checkpoint, distributed, hardware
 from mhkd.data.batch import Batch
 from mhkd.preemption import StopOnSignal
 from mhkd.rundir import RunDirectory, RunSummary
@@ -112,7 +112,7 @@ class EpochLoop:
         """Continue from ``last.pt``: the step's state, the loop's counters, the RNG."""
         assert self.run is not None, "resume needs a run directory"
         state = self.run.load_last()
-        if state.get("format") != "mhkd/2":
+        if state.get("format") != checkpoint.RESUME_FORMAT:
             raise ValueError(
                 f"--resume: {self.run.path('checkpoints', 'last.pt')} was written by an earlier "
                 "mhkd release; finish it with that release or start over with --overwrite"
@@ -144,7 +144,7 @@ class EpochLoop:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "format": "mhkd/2",
+            "format": checkpoint.RESUME_FORMAT,
             "identity": self.identity,
             "step": self.step.state_dict(),
             "loop": {
