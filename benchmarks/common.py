@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -121,3 +123,21 @@ def versus(values: dict[int, float], reference: dict[int, float]) -> str:
         dm, _, dse = stats(d)
         paired = f", paired {dm / dse:+.1f}" if dse else ""
     return f"{delta:+.2f} pts = {z:+.1f} SE{paired}"
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes of one thread each for a study's runs. A worker that dies (killed, out of
+    memory) breaks the pool with an error instead of leaving the study waiting forever, as
+    ``multiprocessing.Pool`` would; the study's JSONL then resumes it."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread)
+
+
+def completed(pool: ProcessPoolExecutor, fn: Callable, tasks: Iterable) -> Iterator:
+    """``fn(task)`` for every task, yielded as each finishes."""
+    for future in as_completed([pool.submit(fn, task) for task in tasks]):
+        yield future.result()

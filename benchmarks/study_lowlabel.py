@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_records, machine, stats, versus  # noqa: E402
+from common import completed, load_records, machine, stats, versus, worker_pool  # noqa: E402
 
 from mhkd import api  # noqa: E402
 
@@ -119,10 +118,6 @@ def job(task: tuple) -> dict:
         "seconds": time.perf_counter() - started,
         "retrieval_map": summary.get("retrieval_map"),
     }
-
-
-def init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def table(args: argparse.Namespace, records: list[dict], teachers: dict[str, dict]) -> str:
@@ -220,13 +215,13 @@ def main() -> None:
     ]
     archs = sorted({pair.split(":")[0] for pair in args.pairs})
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-    with mp.get_context("spawn").Pool(args.workers, initializer=init_worker) as pool:
-        summaries = pool.starmap(train_teacher, [(args, arch) for arch in archs])
+    with worker_pool(args.workers) as pool:
+        summaries = list(pool.map(train_teacher, [args] * len(archs), archs))
         teachers = dict(zip(archs, summaries, strict=True))
         for arch, s in teachers.items():
             print(f"teacher {arch}: last {s['test_acc']:.2f} best {s['best_test_acc']:.2f}",
                   flush=True)  # fmt: skip
-        for record in pool.imap_unordered(job, tasks):
+        for record in completed(pool, job, tasks):
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_records, machine, stats, versus  # noqa: E402
+from common import completed, load_records, machine, stats, versus, worker_pool  # noqa: E402
 
 from mhkd import api  # noqa: E402
 from mhkd.pipelines.prune import prune  # noqa: E402
@@ -57,7 +56,6 @@ def teacher_dir(args: argparse.Namespace, spec: str) -> Path:
 
 def train_teacher(args: argparse.Namespace, spec: str) -> dict:
     """The model to prune: trained once per spec, reused by every run and every rerun."""
-    torch.set_num_threads(1)
     from mhkd import models
 
     out = teacher_dir(args, spec)
@@ -121,10 +119,6 @@ def job(task: tuple) -> dict:
         "latency_ms": summary["latency_ms"],
         "seconds": time.perf_counter() - started,
     }
-
-
-def init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def _cell(values: list[float]) -> str:
@@ -230,13 +224,13 @@ def main() -> None:
         if (spec, keep, label, seed) not in done
     ]
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-    with mp.get_context("spawn").Pool(args.workers, initializer=init_worker) as pool:
-        summaries = pool.starmap(train_teacher, [(args, spec) for spec in args.models])
+    with worker_pool(args.workers) as pool:
+        summaries = list(pool.map(train_teacher, [args] * len(args.models), args.models))
         teachers = dict(zip(args.models, summaries, strict=True))
         for spec, s in teachers.items():
             print(f"teacher {spec}: last {s['test_acc']:.2f} best {s['best_test_acc']:.2f}",
                   flush=True)  # fmt: skip
-        for record in pool.imap_unordered(job, tasks):
+        for record in completed(pool, job, tasks):
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
