@@ -31,6 +31,7 @@ from mhkd.prune import (
     hint_loss,
     magnitude_scores,
 )
+from mhkd.prune.masks import check_keep
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -149,6 +150,11 @@ def test_ste_score_gradient_equals_sum_of_output_gradient_times_output():
 def test_cascade_keeps_are_evenly_spaced_up_to_one():
     assert cascade_keeps(0.4, 3) == pytest.approx([0.4, 0.6, 0.8, 1.0])
     assert cascade_keeps(0.4, 0) == [0.4]
+    for keep in (0.05, 0.1, 0.2, 0.3, 0.7):  # 0.2 + 0.8 * 3 / 3 overshoots 1.0 by an ulp
+        for assistants in range(1, 6):
+            keeps = cascade_keeps(keep, assistants)
+            assert keeps[0] == keep and keeps[-1] == 1.0
+            assert all(check_keep(k) == k for k in keeps)
 
 
 def test_cascade_shares_convs_but_not_norms_first_conv_classifier_or_scores():

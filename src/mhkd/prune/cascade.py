@@ -27,7 +27,8 @@ def cascade_keeps(keep: float, assistants: int) -> list[float]:
         raise PruneError(f"the number of assistants must be 0 or more, got {assistants}")
     if assistants == 0:
         return [keep]
-    return [keep + (1.0 - keep) * i / assistants for i in range(assistants + 1)]
+    # the last is exactly 1.0: 0.2 + 0.8 * 3 / 3 is 1.0000000000000002 in floating point
+    return [keep + (1.0 - keep) * i / assistants for i in range(assistants)] + [1.0]
 
 
 def cascade_loss(
