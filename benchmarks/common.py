@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -138,6 +141,14 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def completed(pool: ProcessPoolExecutor, fn: Callable, tasks: Iterable) -> Iterator:
-    """``fn(task)`` for every task, yielded as each finishes."""
-    for future in as_completed([pool.submit(fn, task) for task in tasks]):
-        yield future.result()
+    """``fn(task)`` for every task, yielded as each finishes. A task that raises is named on
+    stderr and skipped, so one failed run costs that run, not the others' records."""
+    futures = {pool.submit(fn, task): task for task in tasks}
+    for future in as_completed(futures):
+        try:
+            yield future.result()
+        except BrokenProcessPool:
+            raise
+        except Exception as exc:
+            shown = [t for t in futures[future] if not isinstance(t, argparse.Namespace)]
+            print(f"run {shown} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -84,11 +83,18 @@ def halfway_accuracy(run: Path, epochs: int) -> float | None:
     return None
 
 
+def _finished(out: Path, epochs: int) -> bool:
+    path = out / "summary.json"
+    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
+
+
 def job(task: tuple) -> dict:
     """One pruning run; returns its JSONL record."""
     args, spec, keep, label, seed = task
     out = Path(args.runs) / spec.replace(":", "-") / f"keep{keep}" / f"{label.split()[0]}-s{seed}"
-    started = time.perf_counter()
+    # a run that finished but whose record was lost (the study was stopped) is read back
+    # from its folder, not retrained; any other leftover is started over
+    finished = _finished(out, args.epochs)
     summary = prune(
         teacher_dir(args, spec) / "checkpoints" / "last.pt",
         "digits",
@@ -101,7 +107,8 @@ def job(task: tuple) -> dict:
         quiet=True,
         latency_repeats=5,
         out=out,
-        overwrite=True,  # a run not in the JSONL did not finish: start it over
+        resume=finished,
+        overwrite=not finished,
         **METHODS[label],
     ).summary
     stage1 = summary.get("stage1") or {}
@@ -117,7 +124,7 @@ def job(task: tuple) -> dict:
         "params_kept": summary["params_kept"],
         "macs_kept": summary["macs_kept"],
         "latency_ms": summary["latency_ms"],
-        "seconds": time.perf_counter() - started,
+        "seconds": summary["seconds"] + stage1.get("seconds", 0.0),
     }
 
 
@@ -142,7 +149,8 @@ def table(args: argparse.Namespace, records: list[dict], teachers: dict[str, dic
         "(%, 450 test images, one image = 0.22 points): mean ± sample std | standard error "
         "over seeds, last and best epoch; 'stage 1' is the exported student before "
         "fine-tuning; 'half-way' the fine-tuning's accuracy at half its epochs (convergence). "
-        "Params and MACs count conv and linear layers of the exported student. Latency: "
+        "s / run: training seconds of both stages (summary.json). Params and MACs count "
+        "conv and linear layers of the exported student. Latency: "
         "median of 5 eval passes at batch 64 on one thread, before → after (noisy: another "
         "run shares the machine). 'vs': the row minus the method named, in standard errors "
         "of the difference (unpaired; paired over seeds).",
