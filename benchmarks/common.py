@@ -152,3 +152,37 @@ def completed(pool: ProcessPoolExecutor, fn: Callable, tasks: Iterable) -> Itera
         except Exception as exc:
             shown = [t for t in futures[future] if not isinstance(t, argparse.Namespace)]
             print(f"run {shown} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def run_study(
+    args: argparse.Namespace,
+    train_teacher: Callable[[argparse.Namespace, str], dict],
+    teachers: list[str],
+    job: Callable[[tuple], dict],
+    tasks: list[tuple],
+    keys: tuple[str, ...],
+    table: Callable[[argparse.Namespace, list[dict], dict[str, dict]], str],
+) -> None:
+    """Train the ``teachers`` (names or specs), then run every task on ``args.workers``
+    processes: each record is appended to ``args.jsonl`` as its run ends (a rerun skips what
+    is there) and ``args.table`` is rewritten from all of them; ``keys`` name a run."""
+    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with worker_pool(args.workers) as pool:
+        trained = pool.map(train_teacher, [args] * len(teachers), teachers)
+        summaries = dict(zip(teachers, trained, strict=True))
+        for name, s in summaries.items():
+            print(f"teacher {name}: last {s['test_acc']:.2f} best {s['best_test_acc']:.2f}",
+                  flush=True)  # fmt: skip
+        for record in completed(pool, job, tasks):
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(
+                " ".join(str(record[k]) for k in keys)
+                + f": last {record['test_acc']:.2f} best {record['best_test_acc']:.2f} "
+                f"({record['seconds']:.0f} s)",
+                flush=True,
+            )
+            args.table.write_text(table(args, load_records(args.jsonl), summaries))
+    text = table(args, load_records(args.jsonl), summaries)
+    args.table.write_text(text)
+    print(text)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import completed, load_records, machine, stats, versus, worker_pool  # noqa: E402
+from common import load_records, machine, run_study, stats, versus  # noqa: E402
 
 from mhkd import api  # noqa: E402
 
@@ -214,28 +214,7 @@ def main() -> None:
         if (pair, n, arm, seed) not in done
     ]
     archs = sorted({pair.split(":")[0] for pair in args.pairs})
-    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-    with worker_pool(args.workers) as pool:
-        summaries = list(pool.map(train_teacher, [args] * len(archs), archs))
-        teachers = dict(zip(archs, summaries, strict=True))
-        for arch, s in teachers.items():
-            print(f"teacher {arch}: last {s['test_acc']:.2f} best {s['best_test_acc']:.2f}",
-                  flush=True)  # fmt: skip
-        for record in completed(pool, job, tasks):
-            with args.jsonl.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(
-                f"{record['pair']} n{record['n']} {record['arm']} s{record['seed']}: last "
-                f"{record['test_acc']:.2f} best {record['best_test_acc']:.2f} "
-                f"({record['seconds']:.0f} s)",
-                flush=True,
-            )
-            records = [r for r in load_records(args.jsonl) if r["arm"] in ARMS]
-            args.table.write_text(table(args, records, teachers))
-    records = load_records(args.jsonl)
-    text = table(args, records, teachers)
-    args.table.write_text(text)
-    print(text)
+    run_study(args, train_teacher, archs, job, tasks, ("pair", "n", "arm", "seed"), table)
 
 
 if __name__ == "__main__":

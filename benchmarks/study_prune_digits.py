@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import completed, load_records, machine, stats, versus, worker_pool  # noqa: E402
+from common import load_records, machine, run_study, stats, versus  # noqa: E402
 
 from mhkd import api  # noqa: E402
 from mhkd.pipelines.prune import prune  # noqa: E402
@@ -231,26 +231,8 @@ def main() -> None:
         for label in args.methods
         if (spec, keep, label, seed) not in done
     ]
-    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-    with worker_pool(args.workers) as pool:
-        summaries = list(pool.map(train_teacher, [args] * len(args.models), args.models))
-        teachers = dict(zip(args.models, summaries, strict=True))
-        for spec, s in teachers.items():
-            print(f"teacher {spec}: last {s['test_acc']:.2f} best {s['best_test_acc']:.2f}",
-                  flush=True)  # fmt: skip
-        for record in completed(pool, job, tasks):
-            with args.jsonl.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(
-                f"{record['model']} keep {record['keep']} {record['method']} s{record['seed']}: "
-                f"last {record['test_acc']:.2f} best {record['best_test_acc']:.2f} "
-                f"({record['seconds']:.0f} s)",
-                flush=True,
-            )
-            args.table.write_text(table(args, load_records(args.jsonl), teachers))
-    text = table(args, load_records(args.jsonl), teachers)
-    args.table.write_text(text)
-    print(text)
+    keys = ("model", "keep", "method", "seed")
+    run_study(args, train_teacher, args.models, job, tasks, keys, table)
 
 
 if __name__ == "__main__":
