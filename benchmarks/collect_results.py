@@ -29,6 +29,7 @@ SECTIONS = [
     ("Low-label digits: every method against CE", "lowlabel.md"),
     ("Information-flow KD study on digits", "infoflow.md"),
     ("Cascaded channel pruning study on digits", "prune.md"),
+    ("Cascaded pruning at keep 0.1 and 0.05 with a 3× longer schedule", "prune_long.md"),
 ]
 
 PREAMBLE = """# Results
