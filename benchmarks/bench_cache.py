@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_results  # noqa: E402
+from common import command, machine, write_results  # noqa: E402
 
 from mhkd import api, data, models  # noqa: E402
 from mhkd.data import NUM_VIEWS  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
     lines = [
         f"Machine: {machine()}; precision {online['precision']}, "
         f"channels_last {online['channels_last']}.",
-        f"Command: `python benchmarks/bench_cache.py {' '.join(sys.argv[1:])}`",
+        f"Command: `{command()}`",
         "",
         f"KD {args.teacher}→{args.student}, {args.samples} synthetic 32×32 images, batch "
         f"{args.batch_size}, fastest of {args.epochs} epochs (cached: of both runs that reuse "

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, sync, write_results  # noqa: E402
+from common import command, machine, sync, write_results  # noqa: E402
 
 from mhkd import data, hardware, models  # noqa: E402
 
@@ -158,7 +158,7 @@ def main() -> None:
     size = args.image_size
     lines = [
         f"Machine: {machine()}; precision {times['precision']}.",
-        f"Command: `python benchmarks/bench_loader.py {' '.join(sys.argv[1:])}`",
+        f"Command: `{command()}`",
         "",
         f"{args.images} JPEGs (quality 90, {written / args.images / 1e3:.0f} kB on average) of "
         f"sizes {', '.join(f'{w}×{h}' for w, h in SIZES)}; RandomResizedCrop({size}) + flip; "

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved_medians, machine, write_results  # noqa: E402
+from common import command, interleaved_medians, machine, write_results  # noqa: E402
 
 from mhkd import data, hardware, models  # noqa: E402
 from mhkd.data.batch import Batch  # noqa: E402
@@ -239,8 +239,7 @@ def main() -> None:
         step_rows += rows
         mac_rows += macs
     lines = [
-        f"Machine: {machine()}. "
-        f"Command: `python benchmarks/bench_mhkd.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {machine()}. Command: `{command()}`",
         "",
         f"MHKD vs KD train step, batch {args.batch}, {precision}, CIFAR-100 shape (32×32, "
         f"{CLASSES} classes); median of {args.steps} interleaved steps after a warm-up. "

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved_medians, machine, mhkd_runner, write_results  # noqa: E402
+from common import command, interleaved_medians, machine, mhkd_runner, write_results  # noqa: E402
 
 from mhkd import config as cfg  # noqa: E402
 from mhkd import data, hardware, losses, models  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> None:
 
     lines = [
         f"Machine: {machine()}. bf16 units detected: {fast_bf16}.",
-        f"Command: `python benchmarks/bench_speed.py {' '.join(sys.argv[1:])}`",
+        f"Command: `{command()}`",
         "",
         "| pair | method | batch | precision | channels_last | compile | mhkd img/s | "
         "bare img/s | mhkd / bare | outside models |",

@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,11 @@ def machine() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def command() -> str:
+    """The command line that is running, quoted so that it can be pasted back."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def sync(device: torch.device) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_records, machine, run_study, stats, versus  # noqa: E402
+from common import command, load_records, machine, run_study, stats, versus  # noqa: E402
 
 from mhkd import api  # noqa: E402
 
@@ -126,7 +126,7 @@ def table(args: argparse.Namespace, records: list[dict], teachers: dict[str, dic
         "",
         f"Machine: {machine()}, {args.workers} runs at a time. "
         f"Last command (runs of earlier commands are kept in the JSONL): "
-        f"`python benchmarks/study_lowlabel.py {' '.join(sys.argv[1:])}`",
+        f"`{command()}`",
         "",
         f"Teachers (full training split, 1347 images, {args.teacher_epochs} epochs, seed 0): "
         + ", ".join(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, mean_std, write_results  # noqa: E402
+from common import command, machine, mean_std, write_results  # noqa: E402
 
 from mhkd.pipelines.quickstart import quickstart  # noqa: E402
 
@@ -31,8 +31,7 @@ def main() -> None:
                 rows.setdefault(name, []).append(summary)
             minutes.append((time.perf_counter() - started) / 60)
     lines = [
-        f"Machine: {machine()}. Command: `python benchmarks/study_quickstart.py "
-        f"{' '.join(sys.argv[1:])}`",
+        f"Machine: {machine()}. Command: `{command()}`",
         "",
         f"`mhkd quickstart` (seeds {', '.join(map(str, args.seeds))}): wall time per run "
         f"{mean_std(minutes)} min.",
