@@ -84,7 +84,10 @@ def halfway_accuracy(run: Path) -> float | None:
 
 def _finished(out: Path, epochs: int) -> bool:
     path = out / "summary.json"
-    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())  # the magnitude baseline's epochs are both stages'
+    return summary.get("prune", {}).get("finetune_epochs") == epochs
 
 
 def job(task: tuple) -> dict:
