@@ -298,12 +298,13 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Any checkpoint a user brings, as a model with its weights and normalised metadata.
 
-    Reads mhkd checkpoints (zoo and pruned models; ``arch`` is then ignored, the file names its
-    own) and foreign files (see the module docstring). A foreign file's architecture is
-    ``arch`` (a RepDistiller/mdistiller name such as ``ResNet50`` or a zoo name), else its
-    folder's name (``wrn_40_2_vanilla``), else what its keys and shapes spell. With
-    ``check_finite``, NaN or infinite weights are refused. ``map_location`` is where the
-    file's tensors are read to (GPU-saved files load on a CPU); the model is built on the CPU.
+    Reads mhkd checkpoints (zoo and pruned models, and a run's ``last.pt`` as its last epoch's
+    network; ``arch`` is then ignored, the file names its own) and foreign files (see the
+    module docstring). A foreign file's architecture is ``arch`` (a RepDistiller/mdistiller
+    name such as ``ResNet50`` or a zoo name), else its folder's name (``wrn_40_2_vanilla``),
+    else what its keys and shapes spell. With ``check_finite``, NaN or infinite weights are
+    refused. ``map_location`` is where the file's tensors are read to (GPU-saved files load on
+    a CPU); the model is built on the CPU.
 
     The metadata: ``format`` (``mhkd/1``, ``repdistiller``, ``state_dict``), ``arch`` (the zoo
     spec), ``data`` (``None`` when the file does not say), ``num_classes``, ``test_acc``,
