@@ -70,8 +70,8 @@ def interleaved_medians(
 
 def mean_std(values: list[float]) -> str:
     """``mean ± sample std`` with two decimals (std 0 for a single value)."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    mean, std, _ = stats(values)
+    return f"{mean:.2f} ± {std:.2f}"
 
 
 def write_results(lines: list[str], out: Path | None) -> None:

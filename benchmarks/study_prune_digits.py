@@ -82,37 +82,36 @@ def halfway_accuracy(run: Path) -> float | None:
     return records[max(1, len(records) // 2) - 1]["test_acc"] if records else None
 
 
-def _finished(out: Path, epochs: int) -> bool:
+def _finished_summary(out: Path, epochs: int) -> dict | None:
+    """The summary of a run in ``out`` that finished with this schedule, else ``None``."""
     path = out / "summary.json"
     if not path.is_file():
-        return False
+        return None
     summary = json.loads(path.read_text())  # the magnitude baseline's epochs are both stages'
-    return summary.get("prune", {}).get("finetune_epochs") == epochs
+    return summary if summary.get("prune", {}).get("finetune_epochs") == epochs else None
 
 
 def job(task: tuple) -> dict:
     """One pruning run; returns its JSONL record."""
     args, spec, keep, label, seed = task
     out = Path(args.runs) / spec.replace(":", "-") / f"keep{keep}" / f"{label.split()[0]}-s{seed}"
-    # a run that finished but whose record was lost (the study was stopped) is read back
-    # from its folder, not retrained; any other leftover is started over
-    finished = _finished(out, args.epochs)
-    summary = prune(
-        teacher_dir(args, spec) / "checkpoints" / "last.pt",
-        "digits",
-        keep=keep,
-        epochs=args.epochs,
-        finetune_epochs=args.epochs,
-        seed=seed,
-        image_size=parse_model(spec)[2],
-        precision="fp32",
-        quiet=True,
-        latency_repeats=5,
-        out=out,
-        resume=finished,
-        overwrite=not finished,
-        **METHODS[label],
-    ).summary
+    summary = _finished_summary(out, args.epochs)
+    if summary is None:  # a finished run whose record was lost is read back, not retrained
+        summary = prune(
+            teacher_dir(args, spec) / "checkpoints" / "last.pt",
+            "digits",
+            keep=keep,
+            epochs=args.epochs,
+            finetune_epochs=args.epochs,
+            seed=seed,
+            image_size=parse_model(spec)[2],
+            precision="fp32",
+            quiet=True,
+            latency_repeats=5,
+            out=out,
+            overwrite=True,  # any other leftover is started over
+            **METHODS[label],
+        ).summary
     stage1 = summary.get("stage1") or {}
     return {
         "model": spec,
@@ -160,8 +159,8 @@ def table(args: argparse.Namespace, records: list[dict], teachers: dict[str, dic
     specs = list(dict.fromkeys(r["model"] for r in records))
     for spec in specs:
         t = teachers.get(spec)
-        lines += ["", f"### {spec.split(':')[0]} (width × {spec.split(':')[1]}, "
-                  f"{spec.split(':')[2]}×{spec.split(':')[2]})", ""]  # fmt: skip
+        name, width, size = parse_model(spec)
+        lines += ["", f"### {name} (width × {width}, {size}×{size})", ""]
         if t:
             lines += [
                 f"Teacher: last {t['test_acc']:.2f}, best {t['best_test_acc']:.2f}; "
