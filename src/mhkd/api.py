@@ -10,7 +10,8 @@ Models are zoo names, checkpoint paths (mhkd's or RepDistiller/mdistiller files)
 keyword is a setting named as its command-line flag (``epochs``, ``lr``, ``batch_size``,
 ``data_dir``, ``train_per_class``, ``teacher_layers``, ``seed``, ``device`` ...), plus
 ``options={"mhkd": {"beta": 5}}`` and ``weights={"kd": 0.9}``; see :mod:`mhkd.config`.
-:func:`run` takes a whole :class:`~mhkd.config.RunConfig` instead.
+:func:`run` takes a whole :class:`~mhkd.config.RunConfig` instead. :func:`loss_terms` shows
+what the first training step of a configuration computes, term by term.
 """
 
 from __future__ import annotations
@@ -18,13 +19,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mhkd import config as cfg
 from mhkd import data
+from mhkd.data.batch import Batch
+from mhkd.distill import DistillForward
+from mhkd.loop import set_seed, weighted_sum
+from mhkd.methods import MethodContext
 from mhkd.pipelines.proxy import run_with_proxy
+from mhkd.pipelines.training import (
+    build_methods,
+    check_classes,
+    classifier_outputs,
+    load_model,
+    run_training,
+)
 from mhkd.pipelines.training import load_data as load_run_data
-from mhkd.pipelines.training import run_training
 
 Model = str | Path | nn.Module
 
@@ -103,3 +115,91 @@ def distill(
 ) -> dict[str, Any]:
     """Distill ``teacher`` into ``student`` with ``method`` (e.g. ``"kd"``, ``"crd+mhkd"``)."""
     return _run(student, data, teacher, method, settings)
+
+
+def loss_terms(
+    config: cfg.RunConfig | str | Path,
+    *,
+    teacher: Model | None = None,
+    student: Model | None = None,
+    images: Tensor,
+    labels: Tensor,
+    indices: Tensor | None = None,
+    num_classes: int | None = None,
+    num_samples: int | None = None,
+) -> dict[str, Tensor]:
+    """Every weighted loss term of ``config``'s first training step on one batch, and
+    ``"total"``, the objective that step back-propagates (the graph is attached).
+
+    ``config`` is a recipe file or a :class:`~mhkd.config.RunConfig`; ``teacher`` and
+    ``student`` default to the models it names (checkpoint paths, mhkd's or foreign, zoo names
+    or modules). A zoo student and the methods' trainable extras are initialised from the
+    configuration's seed exactly as a run initialises them. ``images`` are already normalised;
+    they run in float32 without augmentation, the student in train mode, the teacher in eval
+    mode, on the images' device. ``indices`` are the samples' positions in the training set
+    (CRD's memory bank; default ``0..n-1``), ``num_samples`` its size (default: enough to hold
+    them), ``num_classes`` is needed only when no model says it. One-off preparation a method
+    does before the first epoch (MHKD's ``--mhkd.head-mode prefit``) is not run.
+    """
+    if not isinstance(config, cfg.RunConfig):
+        tree, _ = cfg.read_recipe(config)
+        config = cfg.build(tree, str(config))
+    device = images.device
+    if indices is None:
+        indices = torch.arange(len(labels), device=device)
+    teacher_model, student_model = _step_models(config, teacher, student, num_classes, device)
+    num_classes = classifier_outputs(student_model) or num_classes
+    if num_classes is None:
+        raise ValueError("loss_terms: the student does not say how many classes; pass num_classes")
+    ctx = MethodContext(
+        student=student_model, teacher=teacher_model, num_classes=num_classes,
+        num_samples=num_samples or int(indices.max()) + 1, epochs=config.schedule.epochs,
+        input_shape=tuple(images.shape[1:]), teacher_layers=config.models.teacher_layers,
+        student_layers=config.models.student_layers,
+    )  # fmt: skip
+    methods, weights = build_methods(config, ctx, device)
+    methods.train()
+    methods.start_epoch(0)
+    forward = DistillForward(student_model, methods, teacher_model)
+    try:
+        _, terms = forward(Batch(images.float(), labels, indices))
+    finally:
+        forward.close()
+    weighted = {name: weights[name] * value for name, value in terms.items()}
+    return {**weighted, "total": weighted_sum(terms, weights)}
+
+
+def _step_models(
+    config: cfg.RunConfig,
+    teacher: Model | None,
+    student: Model | None,
+    num_classes: int | None,
+    device: torch.device,
+) -> tuple[nn.Module | None, nn.Module]:
+    """Teacher (eval, frozen) and student (train) of :func:`loss_terms`; the zoo student is
+    built from the seed as a run builds it, its class count taken from the teacher if unset."""
+    source = teacher if teacher is not None else config.models.teacher
+    teacher_model = None
+    if source is not None:
+        if num_classes is None and not isinstance(source, nn.Module) and _is_zoo_name(source):
+            raise ValueError(f"loss_terms: teacher {source!r} is a zoo name; pass num_classes")
+        teacher_model = load_model(source, num_classes or 0, config.models.teacher_arch)
+        num_classes = num_classes or classifier_outputs(teacher_model)
+    student = student if student is not None else config.models.student
+    if num_classes is None and not isinstance(student, nn.Module):
+        raise ValueError("loss_terms: no model says how many classes; pass num_classes")
+    set_seed(config.runtime.seed)  # a run seeds, builds the student, then seeds again
+    student_model = load_model(student, num_classes or 0)
+    for model, role in ((student_model, "student"), (teacher_model, "teacher")):
+        if model is not None and num_classes is not None:
+            check_classes(model, num_classes, role)
+    set_seed(config.runtime.seed)
+    student_model.to(device).float().train()
+    if teacher_model is not None:
+        teacher_model.to(device).float().eval().requires_grad_(False)
+    return teacher_model, student_model
+
+
+def _is_zoo_name(model: str | Path) -> bool:
+    text = str(model)
+    return not (text.endswith((".pt", ".pth", ".tar")) or Path(text).is_file())

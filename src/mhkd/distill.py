@@ -66,6 +66,12 @@ class DistillForward(nn.Module):
         terms.update(self.methods(student, teacher, batch))
         return logits, terms
 
+    def close(self) -> None:
+        """Remove the taps' hooks from student and teacher (for models that outlive it)."""
+        self._student_taps.close()
+        if self._teacher_taps is not None:
+            self._teacher_taps.close()
+
 
 class DistillStep:
     """SGD on the student and the methods' extras; see the module docstring."""

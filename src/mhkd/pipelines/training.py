@@ -68,18 +68,38 @@ def resolve_device(name: str | None) -> torch.device:
     return distributed.setup(device) or hardware.default_device()
 
 
-def check_classes(model: nn.Module, num_classes: int, role: str) -> None:
-    """Refuse a model whose classifier predicts another number of classes than the data has."""
+def classifier_outputs(model: nn.Module) -> int | None:
+    """How many classes ``model`` predicts: its declared classifier's, else its last linear
+    layer's outputs (``None`` when it has no linear layer)."""
     name = getattr(model, "classifier_name", None)
     if name:
-        outputs = dict(model.named_modules())[name].out_features
-    else:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        outputs = linears[-1].out_features if linears else None
+        return dict(model.named_modules())[name].out_features
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def check_classes(model: nn.Module, num_classes: int, role: str) -> None:
+    """Refuse a model whose classifier predicts another number of classes than the data has."""
+    outputs = classifier_outputs(model)
     if outputs is not None and outputs != num_classes:
         raise ValueError(
             f"the {role} predicts {outputs} classes but the data set has {num_classes}"
         )
+
+
+def build_methods(
+    config: RunConfig, ctx: MethodContext, device: torch.device
+) -> tuple[MethodSet, dict[str, float]]:
+    """The run's methods on ``device`` and the weight of every loss term: the methods'
+    defaults, then ``--weight``, whose names must be terms the methods return."""
+    methods = MethodSet(config.method, ctx, config.options).to(device)
+    unknown = sorted(set(config.weights) - set(methods.weights))
+    if unknown:
+        raise ValueError(
+            f"--weight names unknown loss term(s) {', '.join(unknown)}; "
+            f"terms are {', '.join(methods.weights)}"
+        )
+    return methods, {**methods.weights, **config.weights}
 
 
 def describe(model: nn.Module | None) -> str | None:
@@ -165,14 +185,7 @@ class TrainingRun:
             teacher_layers=config.models.teacher_layers,
             student_layers=config.models.student_layers,
         )
-        methods = MethodSet(config.method, ctx, config.options).to(self.device)
-        unknown = sorted(set(config.weights) - set(methods.weights))
-        if unknown:
-            raise ValueError(
-                f"--weight names unknown loss term(s) {', '.join(unknown)}; "
-                f"terms are {', '.join(methods.weights)}"
-            )
-        weights = {**methods.weights, **config.weights}
+        methods, weights = build_methods(config, ctx, self.device)
         rank, world = distributed.world()
         loader_options = {"workers": config.data.workers} if config.data.workers else {}
         train_loader, test_loader = data.make_loaders(
