@@ -63,6 +63,12 @@ def test_models_lists_the_zoo(capsys):
     assert "resnet8x4" in out and "1.234" in out and "mobilenetv2" in out
 
 
+def test_models_refuses_a_class_count_below_one(capsys):
+    for bad in ("-1", "0"):
+        message = error_of(capsys, ["models", "--num-classes", bad])
+        assert f"--num-classes must be at least 1, got {bad}" in message
+
+
 def test_unknown_names_list_the_valid_ones(capsys):
     assert "resnet20" in error_of(capsys, ["train", "--model", "resnet9", *SMALL])
     assert "cifar100" in error_of(capsys, ["train", "--model", "resnet8", "--data", "mnist"])

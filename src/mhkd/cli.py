@@ -247,6 +247,8 @@ def _run_models(args: argparse.Namespace) -> int:
     from mhkd import models
     from mhkd.models.complexity import default_input_shape, profile
 
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
     print(f"{'model':<16} {'input':>9} {'classes':>7} {'params (M)':>10} {'MMACs':>9}")
     for name in models.available():
         model = models.create(name, num_classes=args.num_classes)

@@ -1,18 +1,19 @@
-"""Model size: parameters, and multiply-accumulates of conv and linear layers by a dry run.
+"""Model size: parameters, and multiply-accumulates counted by PyTorch's FLOP counter.
 
-MACs are counted from the real output shapes seen by forward hooks, so any input size, stride
-or grouping is handled without re-deriving each architecture's arithmetic.
+MACs are half the FLOPs :class:`torch.utils.flop_counter.FlopCounterMode` counts over one dry
+run: every convolution (transposed, grouped, depthwise, ``F.conv2d``), linear layer, matrix
+product and attention is counted from its real shapes, whichever module or function calls
+it, so a user's module is sized as the zoo is. Biases, BatchNorm, activations, additions and
+pooling are not counted (the counter has no formula for them), as in the papers' figures.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 def count_params(model: nn.Module) -> int:
@@ -20,12 +21,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _macs(module: nn.Module, output: Tensor) -> int:
-    if isinstance(module, _CONVS):
-        # each output element is a dot product over (in_channels / groups) x kernel inputs
-        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-        return output.numel() * per_output
-    return output.numel() * module.in_features
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Attention on the CPU runs a fused kernel torch's counter has no formula for (torch
+    2.13); it does the same two matrix products as the GPU kernels the counter knows."""
+    return sdpa_flop_count(query, key, value)
+
+
+#: Formulas added to torch's own: operator -> FLOPs of its input shapes.
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -35,36 +38,29 @@ def default_input_shape(model: nn.Module) -> tuple[int, int, int]:
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
-    """Multiply-accumulates of conv and linear layers for one input of ``input_shape``.
+    """Multiply-accumulates of one input of ``input_shape`` (FLOPs / 2, see the module).
 
-    ``None`` means the model's :func:`default_input_shape`.
-
-    Runs one batch-1 forward pass in eval mode without gradients; each module's train/eval
-    flag is restored afterwards. Biases, BatchNorm, activations and pooling are not counted.
+    ``None`` means the model's :func:`default_input_shape`. Runs one batch-1 forward pass in
+    eval mode without gradients; each module's train/eval flag is restored afterwards.
     """
-    total = 0
-
-    def hook(module: nn.Module, _inputs, output: Tensor) -> None:
-        nonlocal total
-        total += _macs(module, output)
-
     if input_shape is None:
         input_shape = default_input_shape(model)
-    counted = [m for m in model.modules() if isinstance(m, (*_CONVS, nn.Linear))]
-    handles = [m.register_forward_hook(hook) for m in counted]
     modes = {m: m.training for m in model.modules()}
     reference = next(model.parameters(), None)
     x = torch.zeros(1, *input_shape) if reference is None else reference.new_zeros(1, *input_shape)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
-        with torch.no_grad():
+        # nn.MultiheadAttention's inference fast path is one fused kernel no counter sees into
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad(), counter:
             model(x)
     finally:
-        for handle in handles:
-            handle.remove()
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for module, training in modes.items():
             module.training = training
-    return total
+    return counter.get_total_flops() // 2
 
 
 def profile(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, int]:
