@@ -242,6 +242,29 @@ def _fit_problem(model: nn.Module, weights: Mapping[str, Tensor]) -> str | None:
     return "; ".join(parts) or None
 
 
+def _with_batchnorm_counters(model: nn.Module, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``weights`` with every BatchNorm's ``num_batches_tracked`` the file lacks taken from the
+    fresh model (0), as ``load_state_dict`` does: files saved before PyTorch 0.4.1 have none,
+    and the counter changes nothing unless BatchNorm's momentum is None."""
+    counters = {
+        key: value
+        for key, value in model.state_dict().items()
+        if key.endswith("num_batches_tracked") and key not in weights
+    }
+    return {**weights, **counters}
+
+
+def _keys_hint(weights: Mapping[str, Tensor], arch: str) -> str:
+    """`` (its keys spell X)`` when the keys name another architecture than ``arch``."""
+    from mhkd.models import foreign
+
+    try:
+        spelled = foreign.arch_from_keys(weights)
+    except foreign.LayoutError:
+        return ""
+    return f" (its keys spell {spelled})" if spelled != arch else ""
+
+
 def _load_foreign(
     state: Any, path: Path, arch: str | None
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Tensor]]:
@@ -261,11 +284,12 @@ def _load_foreign(
         model = models.create(zoo_name, num_classes=num_classes)
     except ValueError as exc:  # LayoutError, or a zoo without that model
         raise CheckpointError(f"{path}: {exc}") from None
+    renamed = _with_batchnorm_counters(model, renamed)
     problem = _fit_problem(model, renamed)
     if problem:
         raise CheckpointError(
             f"{path}: its weights do not fit {zoo_name} (architecture {arch!r} {how}): "
-            f"{problem}; pass the right architecture"
+            f"{problem}; pass the right architecture{_keys_hint(weights, arch)}"
         )
     model.load_state_dict(renamed)
     family = foreign.resolve(arch)[1]

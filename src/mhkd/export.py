@@ -176,16 +176,20 @@ def latency(
 def export_checkpoint(
     ckpt: str | Path,
     onnx_path: str | Path,
-    input_shape: Sequence[int] = (3, 32, 32),
+    input_shape: Sequence[int] | None = None,
     arch: str | None = None,
 ) -> tuple[nn.Module, float]:
     """Rebuild the student a checkpoint holds and export it; returns (model, max abs diff).
 
-    ``arch`` names the architecture of a foreign file whose folder and keys do not.
+    ``input_shape`` ``None`` is the architecture's own (3x224x224 for the ImageNet networks,
+    else 3x32x32). ``arch`` names the architecture of a foreign file whose folder and keys
+    do not.
     """
     from mhkd import checkpoint
+    from mhkd.models.complexity import default_input_shape
 
     model, meta = checkpoint.load_model(ckpt, arch=arch)
+    input_shape = input_shape or default_input_shape(model)
     metadata = {
         key: meta[key]
         for key in ("arch", "data", "num_classes", "test_acc")
@@ -216,19 +220,24 @@ def add_export_command(subparsers: Any) -> None:
         "folder name (<arch>_vanilla) nor its keys say it",
     )
     parser.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    parser.add_argument("--image-size", type=int, default=32, help="input height and width")
+    parser.add_argument("--image-size", type=int, help="input height and width (default: the "
+                        "architecture's, 224 for the ImageNet networks, else 32)")  # fmt: skip
     parser.add_argument("--channels", type=int, default=3, help="input channels")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency timing")
     parser.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from mhkd.models.complexity import profile
+    from mhkd.models.complexity import default_input_shape, profile
 
-    if args.image_size < 1 or args.channels < 1:
+    if (args.image_size is not None and args.image_size < 1) or args.channels < 1:
         raise ValueError("--image-size and --channels must be positive")
-    shape = (args.channels, args.image_size, args.image_size)
+    if args.image_size is None and args.channels != 3:
+        raise ValueError("--channels other than 3 needs --image-size")
+    size = args.image_size
+    shape = (args.channels, size, size) if size else None
     model, diff = export_checkpoint(args.checkpoint, args.onnx, shape, args.arch)
+    shape = shape or default_input_shape(model)
     sizes = profile(model, shape)
     print(
         f"{args.onnx}: {sizes['params'] / 1e6:.3f}M params, {sizes['macs'] / 1e6:.1f} MMACs, "

@@ -132,13 +132,17 @@ def resolve(arch: str) -> tuple[str, Family]:
     """The zoo name and family for ``arch``: a RepDistiller/mdistiller name (``ResNet50``,
     ``ShuffleV1``, ...) or an mhkd zoo name (``resnet50_cifar``, ``shufflenetv1``, ...).
 
-    Their exact spelling wins, then mhkd's names, then theirs in any case. A zoo model no
-    foreign project names loads as it is (the torchvision layout of mhkd's ImageNet models).
+    Exact spellings win, theirs then mhkd's (``ResNet50`` is RepDistiller's CIFAR network,
+    ``resnet50`` the zoo's ImageNet one), then mhkd's CIFAR names and theirs in any case. A
+    zoo model no foreign project names loads as it is (the torchvision layout of mhkd's
+    ImageNet models).
     """
     if arch in ARCHS:
         zoo, family = ARCHS[arch]
         return _zoo(zoo), family
     by_zoo = {_zoo(zoo): family for zoo, family in ARCHS.values()}
+    if arch in available():
+        return arch, by_zoo.get(arch, TORCHVISION)
     if arch.lower() in by_zoo:
         return arch.lower(), by_zoo[arch.lower()]
     folded = {name.lower(): name for name in ARCHS}
