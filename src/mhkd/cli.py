@@ -144,12 +144,28 @@ def _add_run_flags(parser: argparse.ArgumentParser, teacher: bool) -> None:
     group.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out (default: refuse)"
     )
+    _add_print_config(group)
     if teacher:
         cfg.add_flags(parser)
     else:
         cfg.add_flags(parser, sections=("data", "models", "optim", "schedule", "runtime"),
                       renames={"models.student": "model"}, methods=False,
                       skip=TEACHER_FIELDS)  # fmt: skip
+
+
+def _add_print_config(group: Any) -> None:
+    group.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved configuration as YAML and exit, creating nothing: what the "
+        "run's config.yaml would hold but its run-time facts (a valid recipe)",
+    )  # fmt: skip
+
+
+def _printed(tree: dict[str, Any], args: argparse.Namespace) -> bool:
+    """With ``--print-config``: print the tree and say so (the command then stops)."""
+    if args.print_config:
+        print(cfg.to_yaml(tree), end="")
+    return args.print_config
 
 
 #: Fields that mean nothing without a teacher, left out of ``mhkd train``.
@@ -168,6 +184,8 @@ def _default_out(command: str, config: cfg.RunConfig) -> str:
 def _execute(config: cfg.RunConfig, args: argparse.Namespace, command: str) -> int:
     from mhkd import api
 
+    if _printed(cfg.resolved_tree(config), args):
+        return 0
     out = args.out or _default_out(command, config)
     summary = api.run(config, out, resume=args.resume, overwrite=args.overwrite)
     _print_result(summary, out)
@@ -196,6 +214,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
     if "kind" in given.get("schedule", {}) and "milestones" not in given.get("schedule", {}):
         tree.get("schedule", {}).pop("milestones", None)  # another schedule: not its milestones
     config = cfg.build(cfg.merge(tree, given), str(args.file))
+    if _printed(cfg.resolved_tree(config), args):
+        return 0
     teacher = config.models.teacher
     if config.method != "ce" and teacher and not Path(teacher).is_file():
         raise cfg.ConfigError(
@@ -294,6 +314,7 @@ def _add_prune_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out (default: refuse)"
     )
+    _add_print_config(parser)
     add_prune_flags(parser)
     parser.set_defaults(run=_run_prune)
 
@@ -303,6 +324,8 @@ def _run_prune(args: argparse.Namespace) -> int:
 
     tree = cfg.read_recipe(args.recipe, PruneRunConfig)[0] if args.recipe else {}
     config = cfg.build(cfg.merge(tree, cfg.overrides(args)), args.recipe or "", PruneRunConfig)
+    if _printed(cfg.to_dict(config), args):  # as OUT/stage1/config.yaml holds it
+        return 0
     p = config.prune
     kind = p.baseline or f"cascade{p.assistants}"
     out = args.out or f"runs/prune-{kind}-{p.keep}-{config.data.name}"

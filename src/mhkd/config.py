@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from mhkd.methods.base import expand, method_class, option
+from mhkd.methods.base import default_weights, expand, method_class, option
 
 #: The CIFAR recipes decay the learning rate at epochs 150, 180 and 210 of 240.
 PAPER_MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
@@ -356,6 +356,21 @@ def to_dict(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return [to_dict(v) for v in config]
     return config
+
+
+def resolved_tree(config: RunConfig) -> dict[str, Any]:
+    """The configuration as the run's ``config.yaml`` holds it, less the ``resolved`` facts
+    found at run time: every default filled in, the lr milestones and every term's weight
+    spelled out. It is itself a valid recipe (``--print-config`` shows it)."""
+    tree = to_dict(config)
+    tree["schedule"]["milestones"] = config.schedule.resolved_milestones()
+    tree["weights"] = {**default_weights(expand(config.method)), **config.weights}
+    return tree
+
+
+def to_yaml(tree: dict[str, Any]) -> str:
+    """A configuration tree as YAML, in its fields' order (as ``config.yaml`` is written)."""
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mhkd import checkpoint, data, distributed, hardware, models
-from mhkd.config import RunConfig, to_dict
+from mhkd.config import RunConfig, resolved_tree
 from mhkd.distill import DistillStep, input_shape
 from mhkd.loop import EpochLoop, set_seed
 from mhkd.methods import MethodContext, MethodSet
@@ -214,9 +214,7 @@ class TrainingRun:
             **extra_config,
         }
         if self.run is not None and self.run.writes:
-            resolved = to_dict(config)
-            resolved["schedule"]["milestones"] = config.schedule.resolved_milestones()
-            resolved["weights"] = weights
+            resolved = resolved_tree(config)  # what --print-config shows, and the facts:
             resolved["resolved"] = {
                 "device": str(self.device),
                 "precision": precision,
