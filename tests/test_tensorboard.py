@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST
 from tensorboard.backend.event_processing import event_accumulator
 
-from mhkd import api
+from mhkd import api, models
 from mhkd.tensorboard import TensorBoardLogger, tag
 from runs import stop_after, training_run
 
@@ -26,7 +26,8 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_every_epoch_field_is_logged_and_readable(tmp_path: Path, tiny_data):
     out = tmp_path / "run"
-    api.distill("resnet8", "resnet8", tiny_data, method="kd", out=out, epochs=2,
+    teacher = models.create("resnet8", num_classes=tiny_data.num_classes)  # a module: as given
+    api.distill(teacher, "resnet8", tiny_data, method="kd", out=out, epochs=2,
                 tensorboard=True, **FAST)  # fmt: skip
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and all(path.stat().st_size > 0 for path in events)

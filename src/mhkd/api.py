@@ -37,6 +37,7 @@ from mhkd.pipelines.training import (
     run_training,
 )
 from mhkd.pipelines.training import load_data as load_run_data
+from mhkd.rundir import require_resumable
 
 Model = str | Path | nn.Module
 
@@ -56,6 +57,8 @@ def run(
     ``resume`` continues the run in ``out``; ``overwrite`` lets a fresh run replace one there
     (otherwise that is an error).
     """
+    if resume:
+        require_resumable(out)  # before any stage starts afresh in an empty folder
     options = dict(student=student, teacher=teacher, splits=splits, resume=resume,
                    overwrite=overwrite)  # fmt: skip
     if config.aux.mode != "none":

@@ -37,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mhkd: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
-        print("mhkd: interrupted; continue with --resume", file=sys.stderr)
+        resumable = "; continue with --resume" if hasattr(args, "resume") else ""
+        hint = f"; {args.interrupted}" if hasattr(args, "interrupted") else resumable
+        print(f"mhkd: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:
         if os.environ.get("MHKD_DEBUG") or not _is_user_error(exc):
@@ -75,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart", help="where the four runs go")
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    quick.set_defaults(run=_run_quickstart)
+    quick.add_argument(
+        "--overwrite", action="store_true", help="replace runs already in --out (default: refuse)"
+    )
+    quick.set_defaults(run=_run_quickstart, interrupted="start it again with --overwrite")
 
     train = commands.add_parser(
         "train",
@@ -267,8 +272,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from mhkd import models
     from mhkd.models.complexity import default_input_shape, profile
 
-    if args.num_classes is not None and args.num_classes < 1:
-        raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
+    cfg.check_range("--num-classes", args.num_classes, *cfg.NUM_CLASSES)
     print(f"{'model':<16} {'input':>9} {'classes':>7} {'params (M)':>10} {'MMACs':>9}")
     for name in models.available():
         model = models.create(name, num_classes=args.num_classes)
@@ -285,7 +289,7 @@ def _run_models(args: argparse.Namespace) -> int:
 def _run_quickstart(args: argparse.Namespace) -> int:
     from mhkd.pipelines.quickstart import quickstart
 
-    quickstart(out=args.out, seed=args.seed, quiet=args.quiet)
+    quickstart(out=args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
     return 0
 
 

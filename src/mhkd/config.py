@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,28 +190,68 @@ class RunConfig:
         validate(self)
 
 
+#: Inclusive bounds of the counts a run takes (``section.field`` -> low, high): beyond them a
+#: value is a typo or a unit mistake, and would fail late (memory, a hang) naming something else.
+BOUNDS: dict[str, tuple[int, int]] = {
+    "schedule.epochs": (1, 100_000),
+    "optim.batch_size": (1, 2**20),
+    "optim.eval_batch_size": (1, 2**20),
+    "data.train_per_class": (1, 10_000_000),
+    "data.image_size": (8, 4096),
+    "data.workers": (0, 64),
+    "runtime.seed": (0, 2**32 - 1),  # what numpy's and torch's generators accept
+    "runtime.teacher_cache_topk": (1, 2**15),
+    "aux.epochs": (0, 100_000),
+    "aux.distill_epochs": (0, 100_000),
+}
+#: The class count a classifier may have (``mhkd models --num-classes`` and the zoo).
+NUM_CLASSES = (1, 100_000)
+
+
+def check_range(flag: str, value: float | None, low: float, high: float) -> None:
+    """Refuse ``value`` outside ``low..high`` (inclusive), naming ``flag`` and the range."""
+    if value is not None and not low <= value <= high:
+        raise ConfigError(f"{flag} must be in {low}..{high}, got {value}")
+
+
+def flag_of(section: str, name: str) -> str:
+    """``--flag`` of the field ``name`` of a core section (as the CLI names it)."""
+    f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name]
+    return f"--{_flag(f)}"
+
+
+def _numbers(config: RunConfig) -> typing.Iterator[tuple[str, Any]]:
+    """Every number of the tree with the flag that sets it (method options and weights too)."""
+    for section in SECTIONS:
+        for name, value in to_dict(getattr(config, section)).items():
+            yield flag_of(section, name), value
+    for method, options in config.options.items():
+        for name, value in to_dict(options).items():
+            yield f"--{method}.{name.replace('_', '-')}", value
+    for term, value in config.weights.items():
+        yield f"--weight {term}", value
+
+
 def validate(config: RunConfig) -> None:
-    """Values every run refuses, each named as its flag would be."""
-    s, o, d = config.schedule, config.optim, config.data
+    """Values every run refuses, each named as its flag would be: non-finite numbers, counts
+    out of :data:`BOUNDS`, ranges of the optimiser, repeated methods, and settings that do
+    nothing for the chosen method (a flag that is silently ignored is a result misread)."""
+    for flag, value in _numbers(config):
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        if flag.endswith("temperature") and not value > 0:
+            raise ConfigError(f"{flag} must be positive, got {value}")
+    for path, (low, high) in BOUNDS.items():
+        section, name = path.split(".")
+        check_range(flag_of(section, name), getattr(getattr(config, section), name), low, high)
+    s, o = config.schedule, config.optim
     checks = [
-        (s.epochs >= 1, f"--epochs must be at least 1, got {s.epochs}"),
-        (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
-        (o.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {o.eval_batch_size}"),
         (o.lr > 0, f"--lr must be positive, got {o.lr}"),
-        (o.momentum >= 0 and o.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
+        (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),
+        (o.weight_decay >= 0, f"--weight-decay must be >= 0, got {o.weight_decay}"),
         (s.gamma > 0, f"--gamma must be positive, got {s.gamma}"),
-        (
-            d.train_per_class is None or d.train_per_class >= 1,
-            f"--train-per-class must be at least 1, got {d.train_per_class}",
-        ),
-        (
-            d.image_size is None or d.image_size >= 8,
-            f"--image-size must be at least 8, got {d.image_size}",
-        ),
-        (
-            config.runtime.teacher_cache_topk is None or config.runtime.teacher_cache_topk >= 1,
-            f"--teacher-cache-topk must be at least 1, got {config.runtime.teacher_cache_topk}",
-        ),
+        (config.aux.width > 0, f"--aux-width must be positive, got {config.aux.width}"),
         (all(w >= 0 for w in config.weights.values()), "--weight values must be >= 0"),
     ]
     if s.milestones is not None:
@@ -224,6 +265,46 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_method(config)
+    _check_unused(config)
+
+
+def _check_method(config: RunConfig) -> None:
+    parts = [p.strip() for p in config.method.split("+")]
+    repeated = sorted({p for p in parts if parts.count(p) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--method {config.method} names {', '.join(repeated)} more than once; "
+            "each method of a sum runs once"
+        )
+
+
+def _check_unused(config: RunConfig) -> None:
+    """Refuse settings the run would ignore, naming the flag and why."""
+    m, rt, aux, s = config.models, config.runtime, config.aux, config.schedule
+    ce, no_teacher = not expand(config.method), "method 'ce' uses no teacher"
+    unused = [
+        (ce and m.teacher is not None, "--teacher", no_teacher),
+        (ce and m.teacher_arch is not None, "--teacher-arch", no_teacher),
+        (ce and bool(m.teacher_layers), "--teacher-layers", no_teacher),
+        (ce and bool(m.student_layers), "--student-layers", "method 'ce' taps no layers"),
+        (ce and rt.teacher_cache is not None, "--teacher-cache", no_teacher),
+        (rt.teacher_cache is None and rt.teacher_cache_topk is not None, "--teacher-cache-topk",
+         "it needs --teacher-cache"),
+        (rt.teacher_cache is None and rt.teacher_cache_mmap, "--teacher-cache-mmap",
+         "it needs --teacher-cache"),
+        (s.kind == "cosine" and s.milestones is not None, "--milestones",
+         "the cosine schedule has none"),
+        (s.kind == "cosine" and s.gamma != ScheduleConfig.gamma, "--gamma",
+         "the cosine schedule has no steps"),
+    ]  # fmt: skip
+    if aux.mode == "none":
+        for name in ("width", "epochs", "distill_epochs"):
+            if getattr(aux, name) != getattr(AuxConfig, name, None):
+                unused.append((True, flag_of("aux", name), "it needs --aux (a proxy teacher)"))
+    for given, flag, why in unused:
+        if given:
+            raise ConfigError(f"{flag} does nothing in this run: {why}")
 
 
 def resolve_options(spec: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +324,10 @@ def resolve_options(spec: str, given: dict[str, Any]) -> dict[str, Any]:
     for name in names:
         options_class = method_class(name).Options
         value = given.get(name)
+        for key, number in (value or {}).items() if isinstance(value, dict) else ():
+            if isinstance(number, float) and not math.isfinite(number):  # before __post_init__
+                flag = f"--{name}.{key.replace('_', '-')}"
+                raise ConfigError(f"{flag} must be a finite number, got {number}")
         if value is None or isinstance(value, dict):
             value = from_dict(options_class, value or {}, f"options.{name}")
         elif not isinstance(value, options_class):
@@ -384,20 +469,46 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (it keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path, kind: str = "recipe") -> dict[str, Any]:
-    """A YAML mapping from ``path``; missing, unparsable or non-mapping files are one line."""
+    """A YAML mapping from ``path``; missing, unparsable or non-mapping files, a repeated key
+    and a file with no keys at all are one line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{kind} not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {kind} {path}: {exc}") from None
+    if tree is None:
+        raise ConfigError(f"{path} is an empty {kind} (no keys, only comments or nothing)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} is not a {kind}: expected a mapping of keys")
     return tree
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1})"
+    return problem or str(exc).splitlines()[0]
 
 
 # ---- command-line flags -----------------------------------------------------------------------

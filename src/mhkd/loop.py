@@ -29,7 +29,7 @@ CHECK_FINITE_EVERY = 25
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; the last good checkpoint is kept."""
+    """A loss term became NaN or infinite; the message says which checkpoint, if any, is kept."""
 
 
 class StepOutput(NamedTuple):
@@ -218,7 +218,7 @@ class EpochLoop:
             correct = hits if correct is None else correct + hits
             seen += len(batch.labels)
             if steps % CHECK_FINITE_EVERY == 1:
-                check_finite(sums, epoch)
+                check_finite(sums, epoch, self._kept())
                 if not bar.disable:
                     rate = seen / (time.perf_counter() - started)
                     bar.set_postfix(acc=f"{100 * correct.item() / seen:.1f}", img_s=f"{rate:.0f}")
@@ -227,7 +227,7 @@ class EpochLoop:
                 f"the training set gave no batch in epoch {epoch + 1}: it is smaller than one "
                 "batch per process; lower --batch-size"
             )
-        check_finite(sums, epoch)  # before anything of this epoch is saved
+        check_finite(sums, epoch, self._kept())  # before anything of this epoch is saved
         self.step.end_epoch()
         elapsed = time.perf_counter() - started
         names = list(sums)
@@ -251,6 +251,12 @@ class EpochLoop:
             "images_per_s": seen_all / elapsed,
             "train_seconds": elapsed,
         }
+
+    def _kept(self) -> str:
+        """What a stop now leaves to resume from, for the message."""
+        if self.run is None or self.epoch == 0:
+            return "no checkpoint was written (no epoch finished)"
+        return f"{self.run.path('checkpoints', 'last.pt')} (epoch {self.epoch}) is kept"
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.quiet:
@@ -314,13 +320,13 @@ def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
     return sum(weighted[1:], weighted[0])
 
 
-def check_finite(sums: dict[str, Tensor], epoch: int) -> None:
-    """Stop the run, naming the loss term, once a term's running sum is NaN or infinite."""
+def check_finite(sums: dict[str, Tensor], epoch: int, kept: str) -> None:
+    """Stop the run, naming the loss term and what is ``kept``, once a term's running sum is
+    NaN or infinite."""
     for name, value in sums.items():
         if not math.isfinite(float(value)):
             raise NonFiniteLossError(
-                f"loss term {name!r} became {float(value)} in epoch {epoch + 1}; "
-                "stopped, the last good checkpoint is kept"
+                f"loss term {name!r} became {float(value)} in epoch {epoch + 1}; stopped, {kept}"
             )
 
 

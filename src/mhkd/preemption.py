@@ -52,14 +52,28 @@ class RunInterrupted(Exception):
     killed; the CLI prints the message and exits with it.
     """
 
-    def __init__(self, signum: int, epoch: int, step: int | None = None):
+    def __init__(
+        self,
+        signum: int,
+        epoch: int,
+        step: int | None = None,
+        *,
+        where: str | None = None,
+        hint: str = "continue with --resume",
+    ):
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
         self.epoch = epoch
         self.step = step
         self.exit_code = 128 + signum
-        where = f"at epoch {epoch} step {step}" if step is not None else f"after epoch {epoch}"
-        super().__init__(f"stopped by {self.signal_name} {where}; continue with --resume")
+        if where is None:
+            where = f"at epoch {epoch} step {step}" if step is not None else f"after epoch {epoch}"
+        self.where = where
+        super().__init__(f"stopped by {self.signal_name} {where}; {hint}")
+
+    def with_hint(self, hint: str) -> RunInterrupted:
+        """The same stop, advising ``hint`` (a command without ``--resume`` says what to do)."""
+        return RunInterrupted(self.signum, self.epoch, self.step, where=self.where, hint=hint)
 
 
 class StopOnSignal:

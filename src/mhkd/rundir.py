@@ -53,8 +53,17 @@ CHECKPOINTS = "checkpoints"
 #: checkpoint ``checkpoints/*.pt``) unless told to overwrite, which removes them.
 ARTEFACT_FILES = (CONFIG, METRICS, SUMMARY)
 ARTEFACT_FOLDERS = ("tensorboard",)
-#: A temporary file of an atomic write: ``.NAME.RANDOM`` next to ``NAME`` (``checkpoint.save``
-#: and this module both name them so).
+#: Settings (dotted paths of config.yaml) that do not change what a run computes, so a resumed
+#: run may give other values: where the data lives, how it is decoded and logged, evaluation's
+#: batch size (BatchNorm evaluates with its running statistics), the memory layout, compiling,
+#: reading a teacher cache from disk or memory, and the device (a preempted run may continue
+#: on another machine). Every other setting must equal the stored one (see ``record_config``).
+RESUME_MAY_DIFFER = (
+    "data.dir", "data.workers", "optim.eval_batch_size", "runtime.device",
+    "runtime.channels_last", "runtime.compile", "runtime.teacher_cache_mmap",
+    "runtime.tensorboard", "runtime.quiet", "resolved.device", "resolved.channels_last",
+    "prune.latency_repeats",
+)  # fmt: skip
 #: Lock files this process holds, so a second claim from the same process is refused while a
 #: lock naming this pid but not held (left by an earlier process that had the same pid, e.g. a
 #: restarted container) is stale.
@@ -393,6 +402,33 @@ class RunDirectory:
         return found
 
     # ---- files ---------------------------------------------------------------------------
+    def record_config(self, tree: dict[str, Any], resume: bool) -> None:
+        """A fresh run writes config.yaml; a resumed one checks ``tree`` against it instead.
+
+        config.yaml is written once, when the run starts, so it always says how the run was
+        computed: a resume with any other setting (but :data:`RESUME_MAY_DIFFER`) is refused
+        naming the differing keys, before anything is written. That includes ``--epochs``:
+        training longer would change the learning-rate schedule of epochs already trained
+        (milestones, cosine), so a longer run is a new run. Every rank checks, so all refuse.
+        """
+        if self.root is None:
+            return
+        if resume and self.path(CONFIG).is_file():
+            stored = self.read_config()
+            wanted = yaml.safe_load(yaml.safe_dump(tree, sort_keys=False))  # as stored
+            differ = config_differences(stored, wanted)
+            if differ:
+                longer = any(d.startswith("schedule.epochs ") for d in differ)
+                why = " (more epochs would change the schedule of those trained)" if longer else ""
+                raise RunDirectoryError(
+                    f"--resume: {self.root} was run with other settings: {'; '.join(differ)}"
+                    f"{why}. "
+                    "A resumed run is the run it continues: give the stored values (see "
+                    f"{self.path(CONFIG)}), or start a new run with --overwrite or another --out"
+                )
+            return
+        self.write_config(tree)
+
     def write_config(self, tree: dict[str, Any]) -> None:
         """Write the resolved configuration as YAML (safe types only)."""
         if self._check_writable():
@@ -465,10 +501,19 @@ class RunDirectory:
         """The resumable state (every rank reads it)."""
         path = self.path(CHECKPOINTS, "last.pt")
         if not path.is_file():
-            raise checkpoint.CheckpointError(
-                f"--resume: no checkpoint at {path} (start over with --overwrite)"
-            )
+            raise checkpoint.CheckpointError(self._nothing_to_resume())
         return checkpoint.read_state(path, map_location=map_location)
+
+    def check_resumable(self) -> None:
+        """Refuse a resume without ``last.pt`` before anything of the run is written."""
+        if self.root is not None and not self.has_last():
+            raise checkpoint.CheckpointError(self._nothing_to_resume())
+
+    def _nothing_to_resume(self) -> str:
+        path = self.path(CHECKPOINTS, "last.pt")
+        if self.artefacts():
+            return f"--resume: no checkpoint at {path} (start over with --overwrite)"
+        return f"--resume: {self.root} holds no run to continue; start one without --resume"
 
     def write_summary(self, summary: RunSummary) -> None:
         """Write summary.json (the run has ended)."""
@@ -525,6 +570,38 @@ class RunDirectory:
             raise
         except OSError as exc:
             raise _access_error(what, exc) from None
+
+
+def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``key stored (now wanted)`` for every leaf that differs, but :data:`RESUME_MAY_DIFFER`."""
+    old, new = _leaves(stored), _leaves(wanted)
+    absent = "(absent)"
+    return [
+        f"{key} {old.get(key, absent)} (now {new.get(key, absent)})"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, absent) != new.get(key, absent)
+        and not any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_DIFFER)
+    ]
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree} if prefix else {}
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        leaves.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return leaves
+
+
+def require_resumable(root: str | Path | None) -> None:
+    """Refuse ``--resume`` into a folder that is missing or holds no run, writing nothing."""
+    if root is None:
+        raise RunDirectoryError("--resume needs the run directory (--out)")
+    root = Path(root)
+    if not root.is_dir() or not any(p.name != LOCK for p in root.iterdir()):
+        raise RunDirectoryError(
+            f"--resume: {root} holds no run to continue; start one there without --resume"
+        )
 
 
 def _access_error(what: str, exc: OSError) -> RunDirectoryAccessError:

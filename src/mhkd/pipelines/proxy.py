@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from mhkd import checkpoint, models
-from mhkd.config import ConfigError, RunConfig
+from mhkd.config import AuxConfig, ConfigError, RunConfig
 from mhkd.loop import set_seed
 from mhkd.methods.base import expand
 from mhkd.methods.infoflow import default_layers
@@ -75,6 +75,13 @@ def _stage(
     return run.student
 
 
+def _no_cache(runtime: Any) -> Any:
+    """The runtime of a teacherless stage: a teacher cache serves nothing there."""
+    return dataclasses.replace(
+        runtime, teacher_cache=None, teacher_cache_topk=None, teacher_cache_mmap=False
+    )
+
+
 def train_proxy(
     proxy: nn.Module,
     teacher: nn.Module,
@@ -110,7 +117,8 @@ def train_proxy(
                 teacher_layers=[teacher_layer] if distilling else None,
                 student_layers=[proxy_layer] if distilling else None,
             ),
-            aux=dataclasses.replace(aux, mode="none"),
+            runtime=config.runtime if distilling else _no_cache(config.runtime),
+            aux=AuxConfig(),  # the stages are plain runs: no proxy of their own
         )
         phase_out = out / "aux" / phase if out is not None else None
         if not config.runtime.quiet:
@@ -152,13 +160,14 @@ def run_with_proxy(
         source = teacher if teacher is not None else config.models.teacher
         if source is None:
             raise ConfigError("--aux auto trains the proxy from the teacher: pass --teacher")
-        real_teacher = load_model(source, splits.num_classes, config.models.teacher_arch)
+        real_teacher = load_model(source, splits.num_classes, config.models.teacher_arch,
+                                  "--teacher")  # fmt: skip
         real_teacher.requires_grad_(False).eval()
         proxy = train_proxy(build_proxy(student, config.aux.width), real_teacher, config, splits,
                             out, resume, overwrite)  # fmt: skip
         where = str(proxy_checkpoint(out)) if out is not None else None
     else:
-        proxy = load_model(mode, splits.num_classes)
+        proxy = load_model(mode, splits.num_classes, trained="--aux")
         where = mode
     student_config = dataclasses.replace(
         config, models=dataclasses.replace(config.models, teacher=None)

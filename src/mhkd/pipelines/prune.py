@@ -20,6 +20,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,12 @@ from mhkd.prune.cascade import Cascade, cascade_keeps, cascade_loss, hint_loss
 from mhkd.prune.export import export, latency_ms
 from mhkd.prune.groups import ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, check_keep, magnitude_scores
-from mhkd.rundir import RunDirectory, RunSummary
+from mhkd.rundir import RunDirectory, RunSummary, require_resumable
 from mhkd.taps import Taps
 
 STAGE1 = "stage1"
+#: Teaching assistants a cascade may have (each is a masked copy of the model in memory).
+ASSISTANTS = (0, 16)
 #: Stage 1's outcome (exported sizes and accuracies), written once its exports are saved.
 STAGE1_RECORD = "stage1.json"
 
@@ -74,7 +77,14 @@ class PruneSettings:
     latency_repeats: int = option(10, "timed forward passes per latency figure")
 
     def __post_init__(self) -> None:
+        for name in ("keep", "score_lr", "temperature", "kd_weight", "hint_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise PruneError(f"--{name.replace('_', '-')} must be a finite number, "
+                                 f"got {getattr(self, name)}")  # fmt: skip
         check_keep(self.keep)
+        cfg.check_range("--assistants", self.assistants, *ASSISTANTS)
+        cfg.check_range("--taylor-batches", self.taylor_batches, 1, 100_000)
+        cfg.check_range("--latency-repeats", self.latency_repeats, 1, 100_000)
         cascade_keeps(self.keep, self.assistants)
         if self.finetune_epochs is not None and self.finetune_epochs < 0:
             raise PruneError("--finetune-epochs must be at least 0")
@@ -270,8 +280,8 @@ def run_prune(
     splits: DataSplits | None = None,
 ) -> PruneResult:
     """Both stages of ``config`` into ``out``; each stage that is finished there is kept."""
-    if resume and out is None:
-        raise ValueError("--resume needs the run directory (--out)")
+    if resume:
+        require_resumable(out)
     splits = splits if splits is not None else load_data(config)
     set_seed(config.runtime.seed)
     source = model if model is not None else config.models.student
@@ -338,7 +348,8 @@ class Pruning:
         try:
             if run is not None:
                 run.claim(overwrite=self.overwrite, resume=self.resume)
-                run.write_config({**cfg.to_dict(self.config), "resolved": self._describe()})
+                run.record_config({**cfg.to_dict(self.config), "resolved": self._describe()},
+                                  resume=self.resume)  # fmt: skip
             if settings.baseline:
                 scores = baseline_scores(settings.baseline, self.original, self.layout.groups,
                                          train_loader, settings.taylor_batches)  # fmt: skip

@@ -13,6 +13,8 @@ from typing import Any
 
 from mhkd import config as cfg
 from mhkd.pipelines.training import TrainingRun, load_data
+from mhkd.preemption import RunInterrupted
+from mhkd.rundir import RunDirectory, RunDirectoryError
 
 TEACHER, STUDENT = "resnet32", "resnet8"
 EPOCHS = {"teacher": 15, "student": 15}
@@ -25,9 +27,29 @@ STUDENTS = (
 )
 
 
-def quickstart(out: str | Path = "runs/quickstart", seed: int = 0, quiet: bool = False) -> list:
-    """Run the teacher and the three students; print and return the comparison rows."""
+def quickstart(
+    out: str | Path = "runs/quickstart", seed: int = 0, quiet: bool = False, overwrite: bool = False
+) -> list:
+    """Run the teacher and the three students; print and return the comparison rows.
+
+    Runs already in ``OUT`` are refused before anything trains unless ``overwrite``. An
+    interrupted quickstart is started again (it takes minutes), not resumed.
+    """
     out = Path(out)
+    folders = [out / "teacher", *(out / f"student-{method}" for _, method, _ in STUDENTS)]
+    held = [str(folder) for folder in folders if RunDirectory(folder).artefacts()]
+    if held and not overwrite:
+        raise RunDirectoryError(
+            f"{', '.join(held)} already hold{'s' if len(held) == 1 else ''} a run: "
+            "replace with --overwrite, or choose another --out"
+        )
+    try:
+        return _quickstart(out, seed, quiet, overwrite)
+    except RunInterrupted as stop:
+        raise stop.with_hint(f"start again with mhkd quickstart --out {out} --overwrite") from None
+
+
+def _quickstart(out: Path, seed: int, quiet: bool, overwrite: bool) -> list:
     say = (lambda *_: None) if quiet else (lambda text: print(text, file=sys.stderr))
     common = {"data": "digits", "seed": seed, "quiet": quiet, **SETTINGS}
     splits = None
@@ -39,7 +61,7 @@ def quickstart(out: str | Path = "runs/quickstart", seed: int = 0, quiet: bool =
     say(f"[1/{total}] teacher {TEACHER} on digits")
     teacher_config = config(student=TEACHER, epochs=EPOCHS["teacher"])
     splits = load_data(teacher_config)
-    teacher = TrainingRun(teacher_config, out / "teacher", splits=splits, overwrite=True)
+    teacher = TrainingRun(teacher_config, out / "teacher", splits=splits, overwrite=overwrite)
     teacher_summary = teacher.fit()
     rows = [("teacher " + TEACHER, teacher_summary)]
     for i, (label, method, options) in enumerate(STUDENTS, 2):
@@ -47,7 +69,7 @@ def quickstart(out: str | Path = "runs/quickstart", seed: int = 0, quiet: bool =
         run = TrainingRun(
             config(student=STUDENT, epochs=EPOCHS["student"], method=method, options=options),
             out / f"student-{method}", teacher=None if method == "ce" else teacher.student,
-            splits=splits, overwrite=True,
+            splits=splits, overwrite=overwrite,
         )  # fmt: skip
         rows.append((f"student {STUDENT} ({label})", run.fit()))
     print(format_table(rows, teacher_summary))

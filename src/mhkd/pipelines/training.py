@@ -42,15 +42,22 @@ def load_data(config: RunConfig) -> data.DataSplits:
 
 
 def load_model(
-    model: str | Path | nn.Module, num_classes: int, arch: str | None = None
+    model: str | Path | nn.Module,
+    num_classes: int,
+    arch: str | None = None,
+    trained: str | None = None,
 ) -> nn.Module:
     """A module as given, a checkpoint (mhkd's or a foreign one) with its weights, or a fresh
-    zoo model by name."""
+    zoo model by name. ``trained`` (the flag, e.g. ``--teacher``) refuses a name: a teacher
+    must have learnt something, and a zoo name would silently give random weights."""
     if isinstance(model, nn.Module):
         return model
     text = str(model)
     if text.endswith((".pt", ".pth", ".tar")) or Path(text).is_file():
         return checkpoint.load_model(text, arch=arch)[0]
+    if trained:
+        hint = f" (train it first: mhkd train --model {text})" if text in models.available() else ""
+        raise ValueError(f"{trained} {text} is not a checkpoint file: it must be trained{hint}")
     return models.create(text, num_classes=num_classes)
 
 
@@ -136,9 +143,14 @@ class TrainingRun:
                 "processes"
             )
         self.run = RunDirectory(out, writes=rank == 0) if out is not None else None
+        self.resuming = resume
         if self.run is not None:
             self.run.claim(overwrite=overwrite, resume=resume)
         try:
+            if resume:
+                if self.run is None:
+                    raise ValueError("--resume needs the run directory (out)")
+                self.run.check_resumable()
             self._build(student, teacher, splits, loggers, extra_config or {})
             if resume:
                 self.loop.resume()
@@ -154,7 +166,7 @@ class TrainingRun:
         student = load_model(student if student is not None else config.models.student, num_classes)
         teacher_source = teacher if teacher is not None else config.models.teacher
         teacher = (
-            load_model(teacher_source, num_classes, config.models.teacher_arch)
+            load_model(teacher_source, num_classes, config.models.teacher_arch, "--teacher")
             if teacher_source is not None
             else None
         )
@@ -213,7 +225,7 @@ class TrainingRun:
             **teacher_facts,
             **extra_config,
         }
-        if self.run is not None and self.run.writes:
+        if self.run is not None:
             resolved = resolved_tree(config)  # what --print-config shows, and the facts:
             resolved["resolved"] = {
                 "device": str(self.device),
@@ -225,7 +237,7 @@ class TrainingRun:
                 "num_classes": num_classes,
             }
             resolved.update(extra_config)
-            self.run.write_config(resolved)
+            self.run.record_config(resolved, resume=self.resuming)
         loggers = list(loggers)
         if rt.tensorboard:
             if self.run is None:

@@ -1,0 +1,244 @@
+"""Nothing silently wrong: each test injects one input or fault that once ended "successfully"
+with something other than what was asked (a resume that changed a run, a clobbered run,
+mangled pixels, a flag that did nothing) and asserts the one-line refusal or the right result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from test_faults import TINY, error_lines, model_state, train
+
+from mhkd import cli
+from mhkd.distill import DistillStep
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """The one error line of a refused command (exit 2, nothing else on stderr)."""
+    assert cli.main(argv) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith("mhkd: error: "), line
+    return line
+
+
+# ---- 1. a resumed run is the same run ----------------------------------------------------------
+def test_resume_with_other_settings_is_refused_naming_them_and_config_is_untouched(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert train(out, 2, "--lr", "0.1", "--seed", "7") == 0
+    stored = (out / "config.yaml").read_bytes()
+    metrics = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "2", "--out", str(out), "--resume",
+                              "--lr", "0.2", "--seed", "3"])  # fmt: skip
+    assert "optim.lr 0.1 (now 0.2)" in line and "runtime.seed 7 (now 3)" in line
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "4", "--out", str(out), "--resume",
+                              "--lr", "0.1", "--seed", "7"])  # fmt: skip
+    assert "schedule.epochs 2 (now 4)" in line and "schedule" in line
+    assert (out / "config.yaml").read_bytes() == stored
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+
+    # settings that change nothing computed may differ
+    assert train(out, 2, "--lr", "0.1", "--seed", "7", "--resume", "--workers", "2",
+                 "--no-quiet", "--eval-batch-size", "64") == 0  # fmt: skip
+    assert (out / "config.yaml").read_bytes() == stored
+
+
+def test_an_interrupted_run_resumed_with_its_settings_ends_as_the_whole_run(
+    tmp_path, monkeypatch, capsys
+):
+    assert train(tmp_path / "whole", 2, "--lr", "0.1") == 0
+    real_call = DistillStep.__call__
+    calls = {"n": 0}
+
+    def preempted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # epoch 2, step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_call(self, batch)
+
+    monkeypatch.setattr(DistillStep, "__call__", preempted)
+    cut = tmp_path / "cut"
+    assert train(cut, 2, "--lr", "0.1") == 128 + signal.SIGTERM
+    monkeypatch.setattr(DistillStep, "__call__", real_call)
+    capsys.readouterr()
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "2", "--out", str(cut), "--resume",
+                              "--lr", "0.2", "--seed", "3"])  # fmt: skip
+    assert "optim.lr 0.1 (now 0.2)" in line
+    assert train(cut, 2, "--lr", "0.1", "--resume") == 0
+    whole = model_state(tmp_path / "whole/checkpoints/last.pt")
+    resumed = model_state(cut / "checkpoints/last.pt")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_resume_into_a_missing_or_empty_folder_writes_nothing(tmp_path, capsys, exists):
+    out = tmp_path / "run"
+    if exists:
+        out.mkdir()
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "1", "--out", str(out), "--resume"])
+    assert "holds no run to continue" in line and str(out) in line
+    assert (list(out.iterdir()) == []) if exists else not out.exists()
+    assert train(out, 1) == 0  # and a plain run there is not blocked
+
+
+# ---- 2. no clobbering --------------------------------------------------------------------------
+def test_quickstart_refuses_to_replace_a_run_in_its_folder(tmp_path, capsys):
+    assert train(tmp_path / "teacher", 1) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "teacher").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    line = cli_error(capsys, ["quickstart", "--out", str(tmp_path), "--quiet"])
+    assert str(tmp_path / "teacher") in line and "--overwrite" in line
+    after = {p: p.read_bytes() for p in (tmp_path / "teacher").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_an_interrupted_quickstart_advises_what_quickstart_can_do(tmp_path, monkeypatch, capsys):
+    real_call = DistillStep.__call__
+
+    def preempted(self, batch):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_call(self, batch)
+
+    monkeypatch.setattr(DistillStep, "__call__", preempted)
+    assert cli.main(["quickstart", "--out", str(tmp_path), "--quiet"]) == 128 + signal.SIGTERM
+    (line,) = error_lines(capsys)
+    assert "--resume" not in line and "--overwrite" in line, line
+    assert not (tmp_path / "teacher" / ".lock").exists()
+
+
+# ---- 4. and 5. nonsense refused, values validated ----------------------------------------------
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    assert train(out, 1) == 0
+    return str(out / "checkpoints" / "best.pt")
+
+
+DISTILL = ["distill", "--student", "resnet8", *TINY[2:], "--epochs", "1"]
+
+
+@pytest.mark.parametrize(
+    "flags, culprit",
+    [
+        (["--method", "kd+kd"], "--method kd+kd names kd more than once"),
+        (["--method", "ce"], "--teacher does nothing"),
+        (["--method", "kd", "--teacher-cache-topk", "5"], "--teacher-cache-topk does nothing"),
+        (["--method", "kd", "--aux-width", "3"], "--aux-width does nothing"),
+        (["--method", "kd", "--aux-epochs", "2"], "--aux-epochs does nothing"),
+        (["--method", "kd", "--schedule", "cosine", "--milestones", "1"], "--milestones does"),
+        (["--method", "kd", "--schedule", "cosine", "--gamma", "0.5"], "--gamma does nothing"),
+        (["--method", "kd", "--mhkd.beta", "3"], "options for mhkd"),
+        (["--method", "kd", "--kd.temperature", "inf"], "--kd.temperature must be a finite"),
+        (["--method", "kd", "--kd.temperature", "nan"], "--kd.temperature must be a finite"),
+        (["--method", "mhkd", "--mhkd.beta", "nan"], "--mhkd.beta must be a finite"),
+        (["--method", "mhkd", "--mhkd.beta", "inf"], "--mhkd.beta must be a finite"),
+        (["--method", "kd", "--weight", "kd=inf"], "--weight kd must be a finite"),
+        (["--method", "kd", "--weight", "kd=nan"], "--weight kd must be a finite"),
+        (["--method", "infoflow", "--aux", "auto", "--aux-epochs", "-1"], "--aux-epochs must be"),
+    ],
+)
+def test_distill_settings_that_would_do_nothing_or_wrong_are_refused(
+    flags, culprit, teacher_ckpt, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    line = cli_error(capsys, [*DISTILL, "--teacher", teacher_ckpt, "--out", str(out), *flags])
+    assert culprit in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--weight-decay", "inf"], "--weight-decay must be a finite number"),
+        (["--momentum", "inf"], "--momentum must be a finite number"),
+        (["--momentum", "1e30"], "--momentum must be in [0, 1), got 1e+30"),
+        (["--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+        (["--seed", "-1"], "--seed must be in 0..4294967295, got -1"),
+        (["--seed", "12345678901234567890"], "--seed must be in 0..4294967295"),
+        (["--train-per-class", "10000000000"], "--train-per-class must be in 1..10000000"),
+        (["--image-size", "100000"], "--image-size must be in 8..4096, got 100000"),
+        (["--workers", "1000"], "--workers must be in 0..64, got 1000"),
+        (["--epochs", "-1"], "--epochs must be in 1..100000, got -1"),
+    ],
+)
+def test_train_values_out_of_range_name_the_flag_and_range(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert message in cli_error(capsys, ["train", *TINY, "--out", str(out), *flags])
+    assert not out.exists()
+
+
+def test_a_zoo_name_is_refused_where_a_trained_teacher_is_required(tmp_path, capsys):
+    line = cli_error(capsys, [*DISTILL, "--teacher", "resnet20", "--out", str(tmp_path / "r")])
+    assert "--teacher resnet20" in line and "trained" in line
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data:\n  name: digits\ndata:\n  name: synthetic\n", "duplicate key 'data' (line 3)"),
+        ("optim:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr' (line 3)"),
+        ("", "is an empty recipe"),
+        ("# only a comment\n", "is an empty recipe"),
+    ],
+)
+def test_recipes_with_repeated_keys_or_no_keys_are_refused(text, message, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    line = cli_error(capsys, ["recipe", str(recipe), "--out", str(tmp_path / "run")])
+    assert message in line and str(recipe) in line, line
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["models", "--num-classes", "0"], "--num-classes must be in 1..100000, got 0"),
+        (["models", "--num-classes", "-5"], "--num-classes must be in 1..100000, got -5"),
+        (["models", "--num-classes", "10000000"], "--num-classes must be in 1..100000"),
+        (["prune", "--model", "resnet8", "--assistants", "1000"], "--assistants must be in 0..16"),
+        (["prune", "--model", "resnet8", "--keep", "nan"], "--keep must be a finite number"),
+    ],
+)
+def test_counts_of_other_commands_are_bounded(argv, message, capsys):
+    assert message in cli_error(capsys, argv)
+
+
+def test_a_non_finite_loss_in_the_first_epoch_does_not_claim_a_kept_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    real_call = DistillStep.__call__
+
+    def poisoned(self, batch):
+        logits, terms = real_call(self, batch)
+        return logits, {**terms, "ce": terms["ce"] * float("nan")}
+
+    monkeypatch.setattr(DistillStep, "__call__", poisoned)
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert "'ce' became nan in epoch 1" in line and "no checkpoint" in line, line
+    assert "last good checkpoint is kept" not in line
+
+
+def test_a_non_finite_loss_later_names_the_checkpoint_kept(tmp_path, monkeypatch, capsys):
+    real_call = DistillStep.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        logits, terms = real_call(self, batch)
+        scale = float("nan") if calls["n"] > 5 else 1.0  # epoch 2 on
+        return logits, {**terms, "ce": terms["ce"] * scale}
+
+    monkeypatch.setattr(DistillStep, "__call__", poisoned)
+    out = tmp_path / "r"
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "2", "--out", str(out)])
+    assert "epoch 2" in line and "last.pt (epoch 1) is kept" in line, line
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]
