@@ -5,15 +5,21 @@ mangled pixels, a flag that did nothing) and asserts the one-line refusal or the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
+from conftest import FAST
+from PIL import Image
 from test_faults import TINY, error_lines, model_state, train
 
-from mhkd import cli
+from mhkd import api, cli, data
+from mhkd.data import DataError, ImageSet
+from mhkd.data.decode import open_rgb
 from mhkd.distill import DistillStep
 
 
@@ -242,3 +248,81 @@ def test_a_non_finite_loss_later_names_the_checkpoint_kept(tmp_path, monkeypatch
     assert "epoch 2" in line and "last.pt (epoch 1) is kept" in line, line
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1]
+
+
+# ---- 3. decoding keeps what pixel values mean --------------------------------------------------
+SIDE = 32  # the resident default: no resize, so decoded values are compared exactly
+
+
+def _png_tree(root) -> dict[str, np.ndarray]:
+    """An image folder of 16-bit, RGBA, LA and palette PNGs; returns each file's expected RGB."""
+    rng = np.random.default_rng(0)
+    wide = (np.arange(SIDE * SIDE).reshape(SIDE, SIDE) * 64).astype(np.uint16)  # 0..65472
+    rgba = rng.integers(0, 256, (SIDE, SIDE, 4), dtype=np.uint8)
+    la = rng.integers(0, 256, (SIDE, SIDE, 2), dtype=np.uint8)
+    scaled = np.round(wide.astype(np.float64) * 255 / 65535)
+    over_black = rgba[..., :3] * (rgba[..., 3:] / 255.0)
+    grey = la[..., :1] * (la[..., 1:] / 255.0)
+    palette = Image.new("P", (SIDE, SIDE), 0)
+    palette.putpalette([200, 50, 50, 10, 20, 30])
+    files = {
+        "train/a/wide.png": (Image.fromarray(wide), np.repeat(scaled[..., None], 3, 2)),
+        "train/b/rgba.png": (Image.fromarray(rgba, "RGBA"), over_black),
+        "train/b/la.png": (Image.fromarray(la, "LA"), np.repeat(grey, 3, 2)),
+        # constant images in the test split: what a resize and crop cannot change
+        "test/a/wide.png": (Image.fromarray(np.full((SIDE, SIDE), 128 * 257, np.uint16)), 128),
+        "test/b/clear.png": (palette, 0),  # colour 0 is (200, 50, 50) but fully transparent
+    }
+    expected = {}
+    for name, (image, rgb) in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        extra = {"transparency": 0} if image.mode == "P" else {}
+        image.save(root / name, **extra)
+        expected[name] = np.broadcast_to(np.asarray(rgb, np.float64), (SIDE, SIDE, 3))
+    assert Image.open(root / "train/a/wide.png").mode in ("I;16", "I")  # really 16-bit
+    return expected
+
+
+def test_16_bit_alpha_and_palette_pngs_keep_their_meaning_in_both_data_paths(tmp_path):
+    expected = _png_tree(tmp_path)
+    for name, rgb in expected.items():  # the decoder both paths call
+        assert np.abs(np.asarray(open_rgb(tmp_path / name), np.float64) - rgb).max() <= 1, name
+
+    resident = data.load("imagefolder", root=tmp_path, streaming=False)
+    order = ["train/a/wide.png", "train/b/la.png", "train/b/rgba.png"]  # sorted per class
+    for image, name in zip(resident.train.images, order, strict=True):
+        got = image.permute(1, 2, 0).double().numpy()
+        assert np.abs(got - expected[name]).max() <= 1, name
+    assert (resident.train.images[0] == 255).float().mean() < 0.01  # not clipped to white
+
+    streamed = data.load("imagefolder", root=tmp_path, streaming=True, image_size=SIDE)
+    _, test = data.make_loaders(streamed, 2, workers=1)
+    (batch,) = list(test)
+    mean, std = torch.tensor(streamed.mean), torch.tensor(streamed.std)
+    pixels = (batch.images * std[:, None, None] + mean[:, None, None]) * 255
+    assert torch.allclose(pixels[0], torch.full_like(pixels[0], 128.0), atol=1)
+    assert torch.allclose(pixels[1], torch.zeros_like(pixels[1]), atol=1)
+
+
+def test_a_constant_channel_is_an_error_naming_channel_and_data_set(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            image = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
+            image[..., 2] = 7  # blue never varies
+            (tmp_path / split / label).mkdir(parents=True)
+            Image.fromarray(image).save(tmp_path / split / label / "0.png")
+    argv = ["train", "--model", "resnet8", "--data", "imagefolder", "--data-dir", str(tmp_path),
+            "--batch-size", "2", "--epochs", "1", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    line = cli_error(capsys, argv)
+    assert "imagefolder: channel 2 (blue)" in line and "std 0.0" in line, line
+
+
+def test_api_splits_whose_train_and_test_sizes_differ_are_refused(tiny_data, tmp_path):
+    small = ImageSet(tiny_data.test.images[:, :, :8, :8].contiguous(), tiny_data.test.labels)
+    splits = dataclasses.replace(tiny_data, test=small)
+    with pytest.raises(DataError, match=r"synthetic: training images are 3×16×16 but test images "
+                       r"3×8×8"):  # fmt: skip
+        api.train("resnet8", splits, epochs=1, out=tmp_path / "run", **FAST)
+    assert not (tmp_path / "run").exists()

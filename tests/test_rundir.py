@@ -274,7 +274,7 @@ def test_files_round_trip(tmp_path):
                        torch.ones(2))  # fmt: skip
     with pytest.raises(RuntimeError, match="read-only"):
         reader.write_config({})
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+    with pytest.raises(checkpoint.CheckpointError, match="holds no run to continue"):
         RunDirectory(tmp_path / "empty", readonly=True).load_last()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -88,6 +89,29 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
         means.append(float(mean) / 255.0)
         stds.append(float(var.sqrt()) / 255.0)
     return tuple(means), tuple(stds)
+
+
+CHANNELS = ("red", "green", "blue")
+
+
+def check_trainable(splits: DataSplits) -> None:
+    """Refuse splits a run would train on silently wrong: a constant channel (normalising
+    divides by its std of 0, and the loss becomes NaN) or test images of another size than the
+    training images (the model would see inputs it was never shaped for)."""
+    for c, std in enumerate(splits.std):
+        if not std > 0 or not math.isfinite(std):
+            colour = f" ({CHANNELS[c]})" if len(splits.std) == 3 else ""
+            raise DataError(
+                f"{splits.name}: channel {c}{colour} of the training images has std {std}; a "
+                "constant channel cannot be normalised (give the images some variation in it)"
+            )
+    if getattr(splits, "resident", False):
+        train, test = tuple(splits.train.images.shape[1:]), tuple(splits.test.images.shape[1:])
+        if train != test:
+            raise DataError(
+                f"{splits.name}: training images are {'×'.join(map(str, train))} but test images "
+                f"{'×'.join(map(str, test))}; both splits must have one size"
+            )
 
 
 def make_splits(

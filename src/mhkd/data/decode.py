@@ -26,11 +26,45 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([_SALT, seed, epoch, index])
 
 
+#: Single-channel modes wider than 8 bits (a 16-bit PNG opens as ``I;16`` or ``I``).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: Modes with an alpha channel (``PA`` and a palette with transparency become ``RGBA``).
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """The fully decoded image as RGB. Raises what Pillow raises for a bad file, including
-    ``DecompressionBombError`` for images over twice ``Image.MAX_IMAGE_PIXELS``."""
+    """The fully decoded image as RGB (see :func:`to_rgb`). Raises what Pillow raises for a bad
+    file, including ``DecompressionBombError`` for images over twice ``Image.MAX_IMAGE_PIXELS``,
+    and ``ValueError`` for pixel values without an 8-bit meaning."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB with the meaning of its values kept, every mode explicitly.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit grey at 255 (a 16-bit PNG turns almost all
+    white); here 16-bit values are scaled, ``round(v * 255 / 65535)``. A palette is looked up,
+    its transparency kept as alpha; alpha (RGBA, LA, PA, palette transparency) is composited
+    over black, so a transparent pixel is dark whatever colour it stores. Floating-point images
+    (mode F) have no defined range and are refused.
+    """
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image).astype(np.int64)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"{image.mode} pixel values span {low}..{high}, not 0..65535")
+        grey = ((values * 255 + 65535 // 2) // 65535).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no defined 8-bit range")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def crop_box(

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from mhkd.data.base import DataError, DataSplits, ImageSet, make_splits
+from mhkd.data.decode import open_rgb
 from mhkd.data.files import StreamingSplits, list_images, same_classes, streaming_splits
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,7 @@ STREAMING_SIZE = 224
 
 def _load_image(path: Path, size: int) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
+        rgb = open_rgb(path)
     except Exception as exc:  # whatever a bad file makes Pillow raise, named with the file
         raise DataError(f"imagefolder: cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if rgb.size != (size, size):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mhkd.data.augment import apply_views, normalize, random_views
-from mhkd.data.base import DataSplits
+from mhkd.data.base import DataSplits, check_trainable
 from mhkd.data.batch import Batch, Loader
 from mhkd.data.files import StreamingSplits
 from mhkd.data.order import epoch_generator, rank_slots
@@ -123,6 +123,7 @@ def make_loaders(
     :class:`~mhkd.data.stream.StreamLoader`s decoding with ``workers`` processes (default
     :func:`~mhkd.data.stream.default_workers`), which resident splits ignore.
     """
+    check_trainable(splits)
     common: dict[str, Any] = dict(
         mean=splits.mean,
         std=splits.std,
