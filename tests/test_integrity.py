@@ -6,16 +6,19 @@ mangled pixels, a flag that did nothing) and asserts the one-line refusal or the
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import FAST
 from PIL import Image
-from test_faults import TINY, error_lines, model_state, train
+from test_faults import TINY, error_lines, model_state, subprocess_env, train
 
 from mhkd import api, cli, data
 from mhkd.data import DataError, ImageSet
@@ -326,3 +329,54 @@ def test_api_splits_whose_train_and_test_sizes_differ_are_refused(tiny_data, tmp
                        r"3×8×8"):  # fmt: skip
         api.train("resnet8", splits, epochs=1, out=tmp_path / "run", **FAST)
     assert not (tmp_path / "run").exists()
+
+
+# ---- 7. the teacher cache: atomic, locked, cleaned up on any exit ------------------------------
+def _cache_argv(teacher_ckpt: str, tmp_path) -> list[str]:
+    return [*DISTILL, "--teacher", teacher_ckpt, "--method", "kd", "--out", str(tmp_path / "run"),
+            "--teacher-cache", str(tmp_path / "cache")]  # fmt: skip
+
+
+def _leftovers(tmp_path) -> list[str]:
+    names = [".lock", "*.part", "meta.json"]
+    found = [p for n in names for p in (tmp_path / "cache").glob(n)]
+    return sorted(str(p) for p in [*found, *(tmp_path / "run").glob(".lock")])
+
+
+def test_a_full_disk_while_building_the_teacher_cache_is_one_line_and_leaves_no_lock(
+    teacher_ckpt, tmp_path, monkeypatch, capsys
+):
+    def disk_full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", disk_full)
+    line = cli_error(capsys, _cache_argv(teacher_ckpt, tmp_path))
+    assert line == (
+        f"mhkd: error: cannot build teacher cache in {tmp_path / 'cache'}: No space left on device"
+    )
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+    assert cli.main([*_cache_argv(teacher_ckpt, tmp_path), "--overwrite"]) == 0  # and then builds
+    assert (tmp_path / "cache" / "meta.json").is_file() and _leftovers(tmp_path)[-1].endswith(
+        "meta.json"
+    )
+
+
+def test_sigterm_while_building_the_teacher_cache_removes_its_lock_and_parts(
+    teacher_ckpt, tmp_path
+):
+    terminated_in_build = (  # the first teacher batch of the cache build sends SIGTERM
+        "import os, signal, sys\n"
+        "import mhkd.teacher_cache as tc\n"
+        "views = tc.apply_views\n"
+        "tc.apply_views = lambda *a: (os.kill(os.getpid(), signal.SIGTERM), views(*a))[1]\n"
+        "from mhkd.cli import main; sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", terminated_in_build,
+                           *_cache_argv(teacher_ckpt, tmp_path)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.strip()]
+    assert "SIGTERM while building the teacher cache" in line, line
+    assert _leftovers(tmp_path) == []
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -31,10 +31,16 @@ CIFAR-100 heads add 3 × 100 fp16 values per sample and view, 4.9 GB over 50 000
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,9 +52,12 @@ from tqdm import tqdm
 from mhkd import hardware
 from mhkd.data import IDENTITY_VIEW, NUM_VIEWS, DataSplits, apply_views, normalize
 from mhkd.methods.base import MethodSet, ModelOutput, TeacherUse
+from mhkd.preemption import RunInterrupted
+from mhkd.rundir import LockHolder
 from mhkd.taps import Taps
 
 FORMAT = "mhkd-teacher-cache/2"
+LOCK = ".lock"
 
 
 class CacheError(ValueError):
@@ -232,7 +241,6 @@ def open_cache(
     return TeacherCache(root, meta, device, mmap)
 
 
-@torch.inference_mode()
 def build_cache(
     root: str | Path,
     teacher: nn.Module,
@@ -252,22 +260,111 @@ def build_cache(
 
     Build it after the methods' ``prepare`` (their fixed modules must be final). Returns the
     cache's metadata, including its size on disk and the build time.
+
+    One process builds a folder at a time (``ROOT/.lock``, taken over when its holder no
+    longer runs). The arrays are written as ``.part`` files, their disk space reserved up
+    front (a memory map over a sparse file would die of SIGBUS when the disk fills), renamed
+    when complete, then ``meta.json`` is written atomically last. Whatever ends the build (an
+    error, a full disk, SIGTERM or Ctrl-C) removes the ``.part`` files and the lock.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if topk and splits.num_classes > 2**15:
+        raise ValueError("top-k caches store class ids as int16: at most 32768 classes")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _build_lock(root), _stop_on_signal():
+            try:
+                return _build(root, teacher, splits, device, outputs, augment, topk,
+                              batch_size, precision, channels_last, quiet)  # fmt: skip
+            finally:
+                for part in root.glob("*.part"):
+                    part.unlink(missing_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot build teacher cache in {root}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """``ROOT/.lock`` naming this process for the build; a dead holder's lock is taken over."""
+    lock = root / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            holder = LockHolder.read(lock)
+            if holder is not None and holder.is_stale(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            who = holder.describe() if holder else "another process"
+            raise CacheError(
+                f"teacher cache {root} is being built by {who} (if it no longer runs, "
+                f"delete {lock})"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(dataclasses.asdict(LockHolder.me())) + "\n")
+        break
+    else:
+        raise CacheError(f"teacher cache {root}: cannot take {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[None]:
+    """SIGTERM/SIGUSR1 during the build raise :class:`RunInterrupted`, so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise RunInterrupted(
+            signum, 0, where="while building the teacher cache (nothing of it kept)",
+            hint="start the run again (--overwrite, or --resume if it had finished epochs)",
+        )  # fmt: skip
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _allocate(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable ``.npy`` memory map whose disk blocks are reserved now: a full disk is an
+    ``OSError`` here rather than a SIGBUS at some later write into a sparse file."""
+    array = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:  # a file system without fallocate: write the zeros instead
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            f.seek(array.offset)
+            zeros = bytes(2**20)
+            for left in range(array.nbytes, 0, -len(zeros)):
+                f.write(zeros[: min(left, len(zeros))])
+            f.flush()
+            os.fsync(f.fileno())
+    return array
+
+
+@torch.inference_mode()
+def _build(root, teacher, splits, device, outputs, augment, topk, batch_size, precision,
+           channels_last, quiet) -> dict[str, Any]:  # fmt: skip
     views = list(range(NUM_VIEWS)) if augment else [IDENTITY_VIEW]
     images, n = splits.train.images, len(splits.train.labels)
     k = splits.num_classes if not topk else min(topk, splits.num_classes)
-    if topk and splits.num_classes > 2**15:
-        raise ValueError("top-k caches store class ids as int16: at most 32768 classes")
     shape = (n, len(views), k)
     targets = (
-        [np.lib.format.open_memmap(root / "values.npy.part", "w+", np.float16, shape),
-         np.lib.format.open_memmap(root / "classes.npy.part", "w+", np.int16, shape)]
+        [_allocate(root / "values.npy.part", np.float16, shape),
+         _allocate(root / "classes.npy.part", np.int16, shape)]
         if topk
-        else [np.lib.format.open_memmap(root / "logits.npy.part", "w+", np.float16, shape)]
+        else [_allocate(root / "logits.npy.part", np.float16, shape)]
     )  # fmt: skip
-    extras: dict[str, np.ndarray] = {}  # opened at the first batch, when their shapes are known
+    extras: dict[str, np.ndarray] = {}  # allocated at the first batch, when their shapes are known
     mean = torch.tensor(splits.mean, device=device)
     std = torch.tensor(splits.std, device=device)
     teacher.eval()
@@ -291,8 +388,8 @@ def build_cache(
                     targets[0][rows, slot] = logits.half().cpu().numpy()
                 for i, (name, value) in enumerate(derived.items()):
                     if name not in extras:
-                        extras[name] = np.lib.format.open_memmap(
-                            root / f"extra-{i}.npy.part", "w+", np.float16,
+                        extras[name] = _allocate(
+                            root / f"extra-{i}.npy.part", np.float16,
                             (n, len(views), *value.shape[1:]),
                         )  # fmt: skip
                     extras[name][rows, slot] = value.float().half().cpu().numpy()
@@ -318,5 +415,7 @@ def build_cache(
         (root / f"{name}.npy.part").replace(root / f"{name}.npy")
     meta["build_seconds"] = round(time.perf_counter() - started, 2)
     meta["size_bytes"] = sum((root / f"{name}.npy").stat().st_size for name in _files(meta))
-    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: complete
+    part = root / "meta.json.part"  # written last, atomically: its presence means complete
+    part.write_text(json.dumps(meta, indent=2) + "\n")
+    part.replace(root / "meta.json")
     return meta
