@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fractions
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, TinyNet
 from PIL import Image
 from test_faults import TINY, error_lines, model_state, subprocess_env, train
 
@@ -380,3 +382,58 @@ def test_sigterm_while_building_the_teacher_cache_removes_its_lock_and_parts(
     assert "SIGTERM while building the teacher cache" in line, line
     assert _leftovers(tmp_path) == []
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# ---- 6. messages that say the right thing ------------------------------------------------------
+def test_a_file_that_is_no_checkpoint_never_advises_weights_only_false(tmp_path, capsys):
+    pickled = tmp_path / "objects.pt"
+    torch.save({"model": fractions.Fraction(1, 3)}, pickled)  # a pickled Python object
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    for path, why in ((pickled, "fractions.Fraction"), (text, "not a PyTorch checkpoint")):
+        line = cli_error(capsys, ["eval", str(path), "--data", "synthetic"])
+        assert str(path) in line and why in line, line
+        assert "weights_only" not in line and "Traceback" not in line
+
+
+def test_a_corrupt_cifar_pickle_names_its_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=3))  # as test_data does
+    (folder / "data_batch_3").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DataError, match=f"^{folder / 'data_batch_3'}: cannot read CIFAR pickle"):
+        data.load("cifar10", root=tmp_path, download=False)
+
+
+def test_mhkd_head_stages_zero_gives_the_allowed_range(teacher_ckpt, tmp_path, capsys):
+    argv = [*DISTILL, "--teacher", teacher_ckpt, "--method", "mhkd", "--mhkd.head-stages", "0",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    line = cli_error(capsys, argv)
+    assert "head_stages must be in 1..16" in line and "got 0" in line, line
+    assert "from 1 to 0" not in line
+
+
+# ---- 8. the Python API with the user's own modules ---------------------------------------------
+class _TupleNet(TinyNet):
+    """Returns (logits, input): what some user models do."""
+
+    def forward(self, x):
+        return super().forward(x), x
+
+
+def test_at_on_layers_without_spatial_maps_says_what_the_layer_must_be(tiny_data):
+    with pytest.raises(ValueError, match=r"at needs teacher layers with spatial maps \(outputs "
+                       r"N×C×H×W.*teacher layer 'fc' gives N×4"):  # fmt: skip
+        api.distill(TinyNet(), TinyNet(), tiny_data, method="at", teacher_layers=["fc"],
+                    student_layers=["fc"], epochs=1, **FAST)  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_a_module_returning_a_tuple_says_what_the_output_must_be(role, tiny_data):
+    models = {"student": TinyNet(), "teacher": TinyNet(), role: _TupleNet()}
+    with pytest.raises(ValueError, match=f"the {role} \\(_TupleNet\\) must return one logits "
+                       "tensor of shape batch × 4 classes, but returned a tuple"):  # fmt: skip
+        api.distill(models["teacher"], models["student"], tiny_data, method="kd", epochs=1,
+                    **FAST)  # fmt: skip

@@ -93,8 +93,25 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_unreadable(exc)}") from None
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why ``torch.load`` failed, in mhkd's words. PyTorch's own text for a file holding other
+    objects advises ``weights_only=False``, which would let the file run code: never shown."""
+    text = str(exc).strip()
+    if "weights_only" in text or "Weights only" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds Python objects{what} beyond tensors, numbers and containers, which mhkd "
+            "never unpickles (they could run code); it is not a checkpoint mhkd or PyTorch "
+            "wrote from a state dict"
+        )
+    first = text.splitlines()[0] if text else ""
+    if len(first) < 8:  # "101", "" ...: a file that is not a checkpoint at all
+        return f"not a PyTorch checkpoint file ({type(exc).__name__}: {first or 'no detail'})"
+    return first
 
 
 def read_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

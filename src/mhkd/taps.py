@@ -93,6 +93,13 @@ def infer_shapes(
     try:
         with Taps(model, names) as taps:
             model(torch.zeros(2, *input_shape, device=device))
+            for name, out in taps.outputs.items():
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError(
+                        f"layer {name!r} of {type(model).__name__} returned a "
+                        f"{type(out).__name__}; a tapped layer must output a tensor (or a "
+                        "tuple whose first item is one)"
+                    )
             return {name: out.shape[1:] for name, out in taps.outputs.items()}
     finally:
         model.train(was_training)

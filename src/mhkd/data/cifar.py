@@ -117,11 +117,14 @@ CIFAR100 = CifarLayout(
 )
 
 
-def _read_members(root: Path, archive: str, folder: str, members: list[str]) -> list[bytes] | None:
-    """The members' bytes from the extracted folder or the tar.gz archive; None if neither."""
+def _read_members(
+    root: Path, archive: str, folder: str, members: list[str]
+) -> list[tuple[str, bytes]] | None:
+    """(where, bytes) of each member, from the extracted folder or the tar.gz archive; None if
+    neither is there. ``where`` names the file for messages (``ARCHIVE:folder/member``)."""
     directory = root / folder
     if all((directory / m).is_file() for m in members):
-        return [(directory / m).read_bytes() for m in members]
+        return [(str(directory / m), (directory / m).read_bytes()) for m in members]
     path = root / archive
     if not path.is_file():
         return None
@@ -132,7 +135,7 @@ def _read_members(root: Path, archive: str, folder: str, members: list[str]) -> 
                 f = tar.extractfile(f"{folder}/{member}")
                 if f is None:
                     raise KeyError(member)
-                out.append(f.read())
+                out.append((f"{path}:{folder}/{member}", f.read()))
             return out
     except KeyError as exc:
         raise DataError(
@@ -190,8 +193,16 @@ def _read_any(layout: CifarLayout, root: Path) -> list[tuple[np.ndarray, np.ndar
     for remote, folder, members, parse in formats:
         raws = _read_members(root, remote.filename, folder, members)
         if raws is not None:
-            return [parse(raw) for raw in raws]
+            return [_parse_named(parse, where, raw) for where, raw in raws]
     return None
+
+
+def _parse_named(parse, where: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """``parse(raw)``, its errors naming the file they come from."""
+    try:
+        return parse(raw)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
 
 
 def load_cifar(layout: CifarLayout, root: Path, download: bool) -> DataSplits:

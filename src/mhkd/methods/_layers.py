@@ -38,6 +38,21 @@ def _model(ctx: MethodContext, role: str) -> nn.Module:
     return model
 
 
+def require_maps(ctx: MethodContext, method: str, teacher: list[str], student: list[str]) -> None:
+    """Refuse layers whose outputs are not spatial maps (N×C×H×W), naming layer and shape."""
+    for role, names, shapes in (
+        ("teacher", teacher, ctx.teacher_shapes),
+        ("student", student, ctx.student_shapes),
+    ):
+        for name, shape in shapes(names).items():
+            if len(shape) != 3:
+                got = "×".join(["N", *map(str, shape)])
+                raise ValueError(
+                    f"{method} needs {role} layers with spatial maps (outputs N×C×H×W, such as "
+                    f"a convolution or a stage end), but {role} layer {name!r} gives {got}"
+                )
+
+
 def stage_pairs(
     ctx: MethodContext, method: str, select: str | int = "all"
 ) -> tuple[list[str], list[str]]:

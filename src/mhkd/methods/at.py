@@ -8,7 +8,7 @@ from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import stage_pairs
+from mhkd.methods._layers import require_maps, stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
 
 
@@ -35,6 +35,7 @@ class AT(Method):
         super().__init__(TeacherUse.FEATURES)
         self.p = options.p
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "all")
+        require_maps(ctx, self.name, self.teacher_layers, self.student_layers)
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

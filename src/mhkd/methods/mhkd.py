@@ -102,6 +102,11 @@ class MHKDOptions:
                 f"need temperature > 0, 0 <= alpha <= 1 and beta >= 0; got "
                 f"{self.temperature}, {self.alpha}, {self.beta}"
             )
+        if not 1 <= self.head_stages <= 16:
+            raise ValueError(
+                "head_stages must be in 1..16 (heads on the first N stages), "
+                f"got {self.head_stages}"
+            )
         if self.head_stride is not None and self.head_stride < 1:
             raise ValueError(f"head_stride must be at least 1 (or unset), got {self.head_stride}")
 

@@ -109,6 +109,30 @@ def build_methods(
     return methods, {**methods.weights, **config.weights}
 
 
+@torch.no_grad()
+def check_output(model: nn.Module, role: str, shape: tuple[int, ...], num_classes: int) -> None:
+    """A dry run (batch of 2, eval mode): the model must return one logits tensor 2×classes.
+
+    A module returning a tuple or a dict (logits and features) would otherwise fail deep in
+    a loss; methods tap intermediate layers by name, so the model returns logits only.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(2, *shape, device=device))
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"the {role} ({type(model).__name__}) must return one logits tensor of shape "
+            f"batch × {num_classes} classes, but returned a {got}; return the logits only "
+            "(methods tap the layers they need by name: teacher_layers/student_layers)"
+        )
+
+
 def describe(model: nn.Module | None) -> str | None:
     """The zoo name of ``model``, or its class name for a user's module."""
     if model is None:
@@ -170,9 +194,11 @@ class TrainingRun:
             if teacher_source is not None
             else None
         )
+        shape = input_shape(self.splits)
         for model, role in ((student, "student"), (teacher, "teacher")):
             if model is not None:
                 check_classes(model, num_classes, role)
+                check_output(model, role, shape, num_classes)
         precision = hardware.resolve_precision(rt.precision, self.device)
         channels_last = hardware.resolve_channels_last(rt.channels_last, self.device, precision)
         layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -184,7 +210,6 @@ class TrainingRun:
             for model in (student, teacher):
                 if model is not None:
                     model.compile()
-        shape = input_shape(self.splits)
         ctx = MethodContext(
             student=student,
             teacher=teacher,
