@@ -66,7 +66,7 @@ def test_models_lists_the_zoo(capsys):
 def test_models_refuses_a_class_count_below_one(capsys):
     for bad in ("-1", "0"):
         message = error_of(capsys, ["models", "--num-classes", bad])
-        assert f"--num-classes must be at least 1, got {bad}" in message
+        assert f"--num-classes must be in 1..100000, got {bad}" in message
 
 
 def test_unknown_names_list_the_valid_ones(capsys):
@@ -83,7 +83,7 @@ def test_bad_checkpoints_and_resume_are_one_line_errors(tmp_path, capsys):
     argv = ["distill", "--teacher", str(corrupt), "--student", "resnet8", *SMALL]
     assert "cannot read" in error_of(capsys, argv)
     argv = ["train", "--model", "resnet8", "--out", str(tmp_path / "fresh"), "--resume", *SMALL]
-    assert "no checkpoint" in error_of(capsys, argv)
+    assert "holds no run to continue" in error_of(capsys, argv)
 
 
 def test_teacher_trained_for_other_classes_is_refused(tmp_path, capsys):

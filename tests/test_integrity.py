@@ -146,6 +146,7 @@ DISTILL = ["distill", "--student", "resnet8", *TINY[2:], "--epochs", "1"]
         (["--method", "kd", "--schedule", "cosine", "--milestones", "1"], "--milestones does"),
         (["--method", "kd", "--schedule", "cosine", "--gamma", "0.5"], "--gamma does nothing"),
         (["--method", "kd", "--mhkd.beta", "3"], "options for mhkd"),
+        (["--method", "kd", "--teacher-layers", "layer1"], "--teacher-layers does nothing"),
         (["--method", "kd", "--kd.temperature", "inf"], "--kd.temperature must be a finite"),
         (["--method", "kd", "--kd.temperature", "nan"], "--kd.temperature must be a finite"),
         (["--method", "mhkd", "--mhkd.beta", "nan"], "--mhkd.beta must be a finite"),
@@ -216,6 +217,11 @@ def test_recipes_with_repeated_keys_or_no_keys_are_refused(text, message, tmp_pa
         (["models", "--num-classes", "10000000"], "--num-classes must be in 1..100000"),
         (["prune", "--model", "resnet8", "--assistants", "1000"], "--assistants must be in 0..16"),
         (["prune", "--model", "resnet8", "--keep", "nan"], "--keep must be a finite number"),
+        (["eval", "x.pt", "--workers", "1000"], "--workers must be in 0..64, got 1000"),
+        (
+            ["export", "x.pt", "--onnx", "x.onnx", "--image-size", "100000"],
+            "--image-size must be in 8..4096, got 100000",
+        ),
     ],
 )
 def test_counts_of_other_commands_are_bounded(argv, message, capsys):

@@ -32,6 +32,7 @@ from mhkd.prune import (
     magnitude_scores,
 )
 from mhkd.prune.masks import check_keep
+from mhkd.rundir import RunDirectoryError
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -349,10 +350,14 @@ def test_cascade_run_exports_a_smaller_student_and_resumes(tiny_data, fast, tmp_
     best = checkpoint.build_model(checkpoint.load(best_path), best_path)
     assert count_params(best) == summary["params_after"]
 
-    resumed = prune(teacher, tiny_data, keep=0.5, assistants=2, out=out, resume=True,
-                    **{**options, "finetune_epochs": 2})  # fmt: skip
+    longer = {**options, "finetune_epochs": 2}  # a longer run is a new run, not a resume
+    with pytest.raises(RunDirectoryError, match=r"prune.finetune_epochs 1 \(now 2\)"):
+        prune(teacher, tiny_data, keep=0.5, assistants=2, out=out, resume=True, **longer)
+    stage1_log = (out / "stage1/metrics.jsonl").read_bytes()
+    resumed = prune(teacher, tiny_data, keep=0.5, assistants=2, out=out, resume=True, **options)
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # stage 1 was not repeated
+    assert [json.loads(x)["epoch"] for x in lines] == [1]
+    assert (out / "stage1/metrics.jsonl").read_bytes() == stage1_log  # stage 1 not repeated
     assert resumed.summary["params_after"] == summary["params_after"]
 
 

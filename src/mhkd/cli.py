@@ -239,6 +239,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     from mhkd.loop import evaluate
     from mhkd.pipelines.training import check_classes, resolve_device
 
+    bounded = (("--image-size", args.image_size, "data.image_size"),
+               ("--workers", args.workers, "data.workers"),
+               ("--batch-size", args.batch_size, "optim.eval_batch_size"))  # fmt: skip
+    for flag, value, path in bounded:
+        cfg.check_range(flag, value, *cfg.BOUNDS[path])
     model, meta = checkpoint.load_model(args.checkpoint, arch=args.arch)
     data_name = args.data or meta.get("data")
     if not data_name:

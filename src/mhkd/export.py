@@ -228,10 +228,11 @@ def add_export_command(subparsers: Any) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from mhkd.config import BOUNDS, check_range
     from mhkd.models.complexity import default_input_shape, profile
 
-    if (args.image_size is not None and args.image_size < 1) or args.channels < 1:
-        raise ValueError("--image-size and --channels must be positive")
+    check_range("--image-size", args.image_size, *BOUNDS["data.image_size"])
+    check_range("--channels", args.channels, 1, 64)
     if args.image_size is None and args.channels != 3:
         raise ValueError("--channels other than 3 needs --image-size")
     size = args.image_size
