@@ -3,7 +3,7 @@
 ::
 
     OUT/.lock                 who runs here: pid, host, start time, command line
-    OUT/config.yaml           the resolved configuration
+    OUT/config.yaml           the resolved configuration, written once when the run starts
     OUT/metrics.jsonl         one line per epoch, "epoch" 1-based (as printed and as best_epoch)
     OUT/summary.json          written when the run ends (shape: RunSummary, "schema": 1)
     OUT/checkpoints/last.pt   everything needed to resume exactly
