@@ -26,7 +26,6 @@ from mhkd.loop import set_seed
 from mhkd.methods.base import expand
 from mhkd.methods.infoflow import default_layers
 from mhkd.pipelines.training import TrainingRun, load_data, load_model
-from mhkd.rundir import RunDirectory
 
 #: The proxy's width relative to the student, as in the paper ("about twice its width").
 PROXY_WIDTH = 2.0
@@ -61,11 +60,8 @@ def _stage(
     resume: bool,
     overwrite: bool,
 ) -> nn.Module:
-    """Fit one stage unless its directory already holds it finished; returns the model."""
-    if out is not None and (out / "summary.json").is_file() and resume:
-        state = RunDirectory(out, writes=False).load_last()
-        model.load_state_dict(state["step"]["model"])
-        return model
+    """Fit one stage, or continue it; returns the model. A stage already finished is resumed
+    too, which trains nothing but checks its stored settings against these."""
     again = resume and out is not None and (out / "checkpoints" / "last.pt").is_file()
     run = TrainingRun(
         config, out, student=model, teacher=teacher, splits=splits, overwrite=overwrite,

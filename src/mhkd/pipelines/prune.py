@@ -326,9 +326,14 @@ class Pruning:
             "prunable_channels": sum(g.size for g in self.layout.groups),
         }
 
+    def _stage1_config(self) -> dict[str, Any]:
+        """Stage 1's config.yaml: the whole pruning configuration and what it resolved to."""
+        return {**cfg.to_dict(self.config), "resolved": self._describe()}
+
     def run(self) -> PruneResult:
         done = self._stage1(STAGE1_RECORD)
         if self.resume and done is not None and done.is_file():
+            RunDirectory(self._stage1()).record_config(self._stage1_config(), resume=True)
             student, ladder, stage1 = self._load_stage1()
         else:
             student, ladder, stage1 = self._run_stage1()
@@ -348,8 +353,7 @@ class Pruning:
         try:
             if run is not None:
                 run.claim(overwrite=self.overwrite, resume=self.resume)
-                run.record_config({**cfg.to_dict(self.config), "resolved": self._describe()},
-                                  resume=self.resume)  # fmt: skip
+                run.record_config(self._stage1_config(), resume=self.resume)
             if settings.baseline:
                 scores = baseline_scores(settings.baseline, self.original, self.layout.groups,
                                          train_loader, settings.taylor_batches)  # fmt: skip
