@@ -146,7 +146,6 @@ DISTILL = ["distill", "--student", "resnet8", *TINY[2:], "--epochs", "1"]
         (["--method", "kd", "--schedule", "cosine", "--milestones", "1"], "--milestones does"),
         (["--method", "kd", "--schedule", "cosine", "--gamma", "0.5"], "--gamma does nothing"),
         (["--method", "kd", "--mhkd.beta", "3"], "options for mhkd"),
-        (["--method", "kd", "--teacher-layers", "layer1"], "--teacher-layers does nothing"),
         (["--method", "kd", "--kd.temperature", "inf"], "--kd.temperature must be a finite"),
         (["--method", "kd", "--kd.temperature", "nan"], "--kd.temperature must be a finite"),
         (["--method", "mhkd", "--mhkd.beta", "nan"], "--mhkd.beta must be a finite"),

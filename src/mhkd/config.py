@@ -279,6 +279,11 @@ def _check_method(config: RunConfig) -> None:
         )
 
 
+def _default_milestones(schedule: ScheduleConfig) -> list[int]:
+    """The milestones config.yaml spells out for any schedule (a cosine run's are unused)."""
+    return dataclasses.replace(schedule, milestones=None).resolved_milestones()
+
+
 def _check_unused(config: RunConfig) -> None:
     """Refuse settings the run would ignore, naming the flag and why."""
     m, rt, aux, s = config.models, config.runtime, config.aux, config.schedule
@@ -293,8 +298,8 @@ def _check_unused(config: RunConfig) -> None:
          "it needs --teacher-cache"),
         (rt.teacher_cache is None and rt.teacher_cache_mmap, "--teacher-cache-mmap",
          "it needs --teacher-cache"),
-        (s.kind == "cosine" and s.milestones is not None, "--milestones",
-         "the cosine schedule has none"),
+        (s.kind == "cosine" and s.milestones not in (None, _default_milestones(s)),
+         "--milestones", "the cosine schedule has none"),
         (s.kind == "cosine" and s.gamma != ScheduleConfig.gamma, "--gamma",
          "the cosine schedule has no steps"),
     ]  # fmt: skip

@@ -100,7 +100,6 @@ def build_methods(
     """The run's methods on ``device`` and the weight of every loss term: the methods'
     defaults, then ``--weight``, whose names must be terms the methods return."""
     methods = MethodSet(config.method, ctx, config.options).to(device)
-    _check_layers_used(config, methods)
     unknown = sorted(set(config.weights) - set(methods.weights))
     if unknown:
         raise ValueError(
@@ -132,19 +131,6 @@ def check_output(model: nn.Module, role: str, shape: tuple[int, ...], num_classe
             f"batch × {num_classes} classes, but returned a {got}; return the logits only "
             "(methods tap the layers they need by name: teacher_layers/student_layers)"
         )
-
-
-def _check_layers_used(config: RunConfig, methods: MethodSet) -> None:
-    """Refuse ``--teacher-layers``/``--student-layers`` that no method of the run taps."""
-    for role, given, tapped in (
-        ("teacher", config.models.teacher_layers, methods.teacher_layers),
-        ("student", config.models.student_layers, methods.student_layers),
-    ):
-        if given and not set(given) & set(tapped):
-            raise ValueError(
-                f"--{role}-layers does nothing in this run: method {config.method!r} taps none "
-                f"of {', '.join(given)}"
-            )
 
 
 def describe(model: nn.Module | None) -> str | None:
