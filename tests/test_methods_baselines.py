@@ -246,6 +246,45 @@ def test_user_named_layers_replace_the_zoo_defaults():
         )
 
 
+#: (teacher, student) -> RepDistiller's feat lists as zoo layer names: feat[1:-1] for AT,
+#: feat[-2] for SP, feat[2] for FitNet (``model(x, is_feat=True, preact=False)`` in models/).
+BENCHMARK_TAPS = {
+    ("wrn_40_2", "wrn_16_2"): (["block1", "block2", "block3"], ["block1", "block2", "block3"]),
+    ("vgg13", "vgg8"): ([f"block{i}" for i in range(1, 5)], [f"block{i}" for i in range(1, 5)]),
+    ("vgg13", "mobilenetv2"): (
+        [f"block{i}" for i in range(1, 5)],
+        ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+    ),
+    ("resnet32x4", "shufflenetv2"): (
+        ["layer1", "layer2", "layer3"],
+        ["layer1", "layer2", "layer3"],
+    ),
+    ("resnet110", "resnet20"): (["layer1", "layer2", "layer3"], ["layer1", "layer2", "layer3"]),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(BENCHMARK_TAPS))
+def test_zoo_pairs_tap_the_benchmark_feature_lists(pair):
+    from mhkd import models
+
+    teacher, student = (models.create(name, num_classes=4) for name in pair)
+    ctx = MethodContext(student=student, teacher=teacher, num_classes=4)
+    t_maps, s_maps = BENCHMARK_TAPS[pair]
+    methods = {n: method_class(n)(ctx, method_class(n).Options()) for n in ("at", "sp", "fitnet")}
+    assert methods["at"].teacher_layers == t_maps and methods["at"].student_layers == s_maps
+    assert (methods["sp"].teacher_layers, methods["sp"].student_layers) == (
+        [t_maps[-1]],
+        [s_maps[-1]],
+    )
+    assert (methods["fitnet"].teacher_layers, methods["fitnet"].student_layers) == (
+        [t_maps[1]],
+        [s_maps[1]],
+    )
+    for name in ("cc", "rkd", "pkt"):  # feat[-1]: the pooled penultimate vector
+        method = method_class(name)(ctx, method_class(name).Options())
+        assert method.teacher_layers == ["flatten"] and method.student_layers == ["flatten"]
+
+
 def test_a_model_without_tap_names_asks_for_layers():
     teacher, _ = make_pair()
     plain = nn.Sequential(
