@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import io
 import json
@@ -39,14 +40,17 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from mhkd import api, models
 from mhkd import config as cfg
-from mhkd import models
 from mhkd.checkpoint import load_model
 from mhkd.config import RuntimeConfig
 from mhkd.data.batch import Batch
 from mhkd.distill import DistillStep
+from mhkd.loop import set_seed
+from mhkd.losses.crd import ContrastMemory
 from mhkd.methods import MethodContext, MethodSet
 from mhkd.models.foreign import to_mhkd
+from mhkd.pipelines.training import build_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 #: mhkd zoo name -> RepDistiller/mdistiller model_dict name (the others are spelt alike).
@@ -71,7 +75,7 @@ RECORD = (
 )
 
 
-# ---- the reference setting a recipe cites ---------------------------------------------------------
+# ---- the reference setting a recipe cites --------------------------------------------------------
 @dataclass
 class RefSetting:
     """What the reference code runs for a recipe (``code`` None: no reference code exists)."""
@@ -106,9 +110,14 @@ def reference_setting(run: cfg.RunConfig, reference: str, mdistiller: Path | Non
         tree = yaml.safe_load((mdistiller / rel).read_text())
         solver, dkd = tree.get("SOLVER", {}), tree.get("DKD", {})
         setting = RefSetting(
-            code="mdistiller", distill="dkd", lr=solver["LR"], batch_size=solver["BATCH_SIZE"],
-            momentum=solver["MOMENTUM"], weight_decay=solver["WEIGHT_DECAY"],
-            epochs=solver["EPOCHS"], milestones=list(solver["LR_DECAY_STAGES"]),
+            code="mdistiller",
+            distill="dkd",
+            lr=solver["LR"],
+            batch_size=solver["BATCH_SIZE"],
+            momentum=solver["MOMENTUM"],
+            weight_decay=solver["WEIGHT_DECAY"],
+            epochs=solver["EPOCHS"],
+            milestones=list(solver["LR_DECAY_STAGES"]),
             rate=solver["LR_DECAY_RATE"],
             dkd={"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 20, **dkd},
         )  # fmt: skip  (defaults: mdistiller/engine/cfg.py)
@@ -137,7 +146,7 @@ def reference_lrs(setting: RefSetting) -> list[float]:
     ]
 
 
-# ---- mhkd's side ------------------------------------------------------------------------------------
+# ---- mhkd's side ---------------------------------------------------------------------------------
 def read(recipe: Path) -> tuple[cfg.RunConfig, dict[str, Any]]:
     tree, notes = cfg.read_recipe(recipe)
     return cfg.build(tree, str(recipe)), notes.get("paper", {})
@@ -184,13 +193,16 @@ def seeded_model(arch: str, num_classes: int, seed: int) -> nn.Module:
     return perturb_batchnorm(models.create(arch, num_classes=num_classes), seed + 1)
 
 
-def build_methods(run: cfg.RunConfig, teacher: nn.Module | None, student: nn.Module) -> MethodSet:
+def run_methods(run: cfg.RunConfig, teacher: nn.Module | None, student: nn.Module) -> MethodSet:
+    """The run's methods with the extras :func:`mhkd.api.loss_terms` builds (same seed, same
+    context), for the SGD step that ``loss_terms`` does not take."""
     num_classes, num_samples = DATA[run.data.name]
     ctx = MethodContext(
         student=student, teacher=teacher, num_classes=num_classes,
         num_samples=num_samples, epochs=run.schedule.epochs, input_shape=(3, 32, 32),
     )  # fmt: skip
-    return MethodSet(run.method, ctx, run.options)
+    set_seed(run.runtime.seed)
+    return build_methods(run, ctx, torch.device("cpu"))[0]
 
 
 def make_step(run: cfg.RunConfig, teacher, student, methods: MethodSet) -> DistillStep:
@@ -205,11 +217,18 @@ def make_step(run: cfg.RunConfig, teacher, student, methods: MethodSet) -> Disti
     )
 
 
-def fix_crd_draw(methods: MethodSet, contrast_idx: torch.Tensor | None) -> None:
-    """Serve CRD the fixed ``contrast_idx`` instead of its own random draw."""
-    if "crd" in methods.methods and contrast_idx is not None:
-        memory = methods.methods["crd"].memory
-        memory.sample = lambda indices, labels=None: contrast_idx.to(indices.device)
+@contextlib.contextmanager
+def fixed_crd_draw(contrast_idx: torch.Tensor | None):
+    """CRD draws its negatives at random; serve both sides the same ``contrast_idx``."""
+    if contrast_idx is None:
+        yield
+        return
+    original = ContrastMemory.sample
+    ContrastMemory.sample = lambda self, indices, labels=None: contrast_idx.to(indices.device)
+    try:
+        yield
+    finally:
+        ContrastMemory.sample = original
 
 
 def our_step(step: DistillStep, batch: Batch, epochs: int) -> dict[str, Any]:
@@ -227,19 +246,38 @@ def our_step(step: DistillStep, batch: Batch, epochs: int) -> dict[str, Any]:
     for _ in range(epochs):
         lrs.append(step.optimizer.param_groups[0]["lr"])
         step.end_epoch()
-    return {"terms": terms, "total": sum(terms.values()), "grads": grads, "state": state, "lrs": lrs}
+    return {"step_terms": terms, "grads": grads, "state": state, "lrs": lrs}
 
 
 def run_ours(run: cfg.RunConfig, teacher, student, batch, contrast_idx=None, extras=None):
-    methods = build_methods(run, teacher, student)
-    if extras is not None:
-        extras(methods)
-    fix_crd_draw(methods, contrast_idx)
-    step = make_step(run, teacher, student, methods)
-    return {**our_step(step, batch, run.schedule.epochs), "methods": methods}
+    """mhkd's side: the terms from :func:`mhkd.api.loss_terms` (on copies: its train-mode
+    forward moves BN statistics), then one step of :class:`~mhkd.distill.DistillStep` with
+    the same extras; ``extras(methods)`` may copy those to the reference first."""
+    num_classes, num_samples = DATA[run.data.name]
+    with fixed_crd_draw(contrast_idx):
+        terms = api.loss_terms(
+            run, teacher=copy.deepcopy(teacher), student=copy.deepcopy(student),
+            images=batch.images, labels=batch.labels, indices=batch.indices,
+            num_classes=num_classes, num_samples=num_samples,
+        )  # fmt: skip
+        methods = run_methods(run, teacher, student)
+        if extras is not None:
+            extras(methods)
+        step = make_step(run, teacher, student, methods)
+        result = our_step(step, batch, run.schedule.epochs)
+    total = float(terms.pop("total"))
+    result["terms"] = {k: float(v) for k, v in terms.items()}
+    result["total"] = total
+    result["methods"] = methods
+    step_terms = result["step_terms"]
+    result["consistent"] = set(step_terms) == set(result["terms"]) and all(
+        math.isclose(step_terms[k], v, rel_tol=1e-6, abs_tol=1e-9)
+        for k, v in result["terms"].items()
+    )
+    return result
 
 
-# ---- the reference side -----------------------------------------------------------------------------
+# ---- the reference side --------------------------------------------------------------------------
 class Reference:
     """The reference code, imported from the checkouts given."""
 
@@ -361,7 +399,7 @@ class Reference:
         return {"ce": losses["loss_ce"], "dkd": losses["loss_kd"]}
 
 
-# ---- weights across the two sides -----------------------------------------------------------------
+# ---- weights across the two sides ----------------------------------------------------------------
 def key_map(ref_model: nn.Module, arch: str) -> dict[str, str]:
     """Reference state_dict key -> mhkd key, as mhkd's foreign loader renames them."""
     sd = ref_model.state_dict()
@@ -397,7 +435,10 @@ def copy_extras(methods: MethodSet, extras: list[nn.Module], crit, to_reference:
         pairs += [(cc.embed, extras[0].linear), (cc.embed_t, extras[1].linear)]
     if "crd" in methods.methods:
         crd = methods.methods["crd"]
-        pairs += [(crd.embed_s.linear, crit.embed_s.linear), (crd.embed_t.linear, crit.embed_t.linear)]
+        pairs += [
+            (crd.embed_s.linear, crit.embed_s.linear),
+            (crd.embed_t.linear, crit.embed_t.linear),
+        ]
         banks = ((crd.memory.student_bank, crit.contrast.memory_v1),
                  (crd.memory.teacher_bank, crit.contrast.memory_v2))  # fmt: skip
         with torch.no_grad():
@@ -443,7 +484,7 @@ def extras_after(pairs: list[tuple[dict, dict]], before: list[dict]) -> float:
     return max(diffs)
 
 
-# ---- one recipe ------------------------------------------------------------------------------------
+# ---- one recipe ----------------------------------------------------------------------------------
 @dataclass
 class Row:
     recipe: str
@@ -454,12 +495,13 @@ class Row:
     param_diff: float = math.nan
     lr_equal: bool = False
     settings_equal: bool = False
+    consistent: bool = True  # loss_terms and DistillStep agree on mhkd's side
     note: str = ""
 
     @property
     def equal(self) -> bool:
         return (
-            self.lr_equal and self.settings_equal and self.term_diff <= 1e-4
+            self.lr_equal and self.settings_equal and self.consistent and self.term_diff <= 2e-4
             and self.grad_diff <= 1e-4 and self.param_diff <= 1e-4
         )  # fmt: skip
 
@@ -486,61 +528,76 @@ def ours_lrs(run: cfg.RunConfig) -> list[float]:
 
 
 def lrs_equal(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b))
+    if len(a) != len(b):
+        return False
+    return all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b, strict=True))
 
 
 def compare(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -> Row:
+    """One recipe on weights the reference code initialised, read into mhkd through its
+    foreign-checkpoint loader."""
     run, paper = read(path)
     setting = reference_setting(run, paper.get("reference", ""), mdistiller)
-    row = Row(path.stem)
-    row.settings_equal = settings_equal(run, setting)
+    row = Row(path.stem, settings_equal=settings_equal(run, setting))
     if setting.code is None:
         row.lr_equal = lrs_equal(ours_lrs(run), reference_lrs(setting))
         row.note = "no reference code (MHKD publishes none): settings and lr schedule only"
         return row
-    num_classes, num_samples = DATA[run.data.name]
+    num_classes, _ = DATA[run.data.name]
     torch.manual_seed(seed)
-    code = setting.code
-    s_ref = perturb_batchnorm(ref.model(run.models.student, num_classes, code), seed + 1)
+    s_ref = perturb_batchnorm(ref.model(run.models.student, num_classes, setting.code), seed + 1)
     t_ref = None
     if run.method != "ce":
-        t_ref = perturb_batchnorm(ref.model(run.models.teacher_arch, num_classes, code), seed + 2)
-    crit, extras = ref.criterion(setting, t_ref, s_ref, num_samples)
-    batch = make_batch(seed, num_classes, num_samples)
-    cidx = contrast_indices(batch, 16384, num_samples, seed) if setting.distill == "crd" else None
+        arch = run.models.teacher_arch
+        t_ref = perturb_batchnorm(ref.model(arch, num_classes, setting.code), seed + 2)
     with tempfile.TemporaryDirectory() as tmp:
         student = load_through_mhkd(s_ref, run.models.student, Path(tmp) / "s")
         teacher = None
         if t_ref is not None:
             teacher = load_through_mhkd(t_ref, run.models.teacher_arch, Path(tmp) / "t")
-    mapping = key_map(s_ref, run.models.student)
+    return both_sides(row, run, setting, ref, (student, teacher), (s_ref, t_ref), seed)[0]
 
-    def take_extras(methods):
-        copy_extras(methods, extras, crit, to_reference=False)
 
-    ours = run_ours(run, teacher, student, batch, cidx, take_extras)
+def both_sides(row: Row, run, setting: RefSetting, ref: Reference, ours_models, ref_models, seed):
+    """Run mhkd's and the reference's step on one batch and fill ``row``; the learned modules
+    are mhkd's (built from the run's seed) copied into the reference."""
+    (student, teacher), (s_ref, t_ref) = ours_models, ref_models
+    _, num_samples = DATA[run.data.name]
+    crit, extras = ref.criterion(setting, t_ref, s_ref, num_samples)
+    batch = make_batch(seed, DATA[run.data.name][0], num_samples)
+    cidx = contrast_indices(batch, 16384, num_samples, seed) if setting.distill == "crd" else None
+
+    def give_extras(methods: MethodSet) -> None:
+        copy_extras(methods, extras, crit, to_reference=True)
+
+    ours = run_ours(run, teacher, student, batch, cidx, give_extras)
     before = {k: v.detach().clone() for k, v in s_ref.state_dict().items()}
     extras_before = [
         {k: v.detach().clone() for k, v in ref_state.items()}
         for _, ref_state in _extra_pairs(ours["methods"], extras, crit)
     ]
     theirs = ref.step(setting, t_ref, s_ref, crit, extras, batch, cidx)
+    mapping = key_map(s_ref, run.models.student)
     fill(row, ours, theirs, mapping, s_ref, before)
     row.lr_equal = lrs_equal(ours["lrs"], theirs["lrs"])
     extra = extras_after(_extra_pairs(ours["methods"], extras, crit), extras_before)
     row.param_diff = max(row.param_diff, extra)
-    return row
+    row.consistent = ours["consistent"]
+    return row, theirs, mapping
 
 
-def relative_step_diff(ours: dict, after: dict, before: dict, mapping=None) -> float:
+def relative_step_diff(ours: dict, after: dict, before: dict, mapping: dict[str, str]) -> float:
     """max |after_ours − after_ref| over the largest change the reference step made."""
-    mapping = mapping or {k: k for k in after}
     change = max((after[k].double() - before[k].double()).abs().max().item() for k in after)
-    diff = max((ours[mapping[k]].double() - v.double()).abs().max().item() for k, v in after.items())
+    diff = max(
+        (ours[mapping[k]].double() - v.double()).abs().max().item() for k, v in after.items()
+    )
     return diff / (change or 1.0)
 
 
-def fill(row, ours: dict, theirs: dict, mapping: dict[str, str], s_ref, before: dict) -> None:
+def fill(row: Row, ours: dict, theirs: dict, mapping: dict[str, str], s_ref, before) -> None:
+    """Terms (relative to max(1, |term|)), gradients (relative to the largest reference
+    gradient) and the weights after the step (relative to the largest change)."""
     row.ours, row.ref = ours["terms"], theirs["terms"]
     names = set(row.ours) | set(row.ref)
     pairs = [(row.ours.get(k, 0.0), row.ref.get(k, 0.0)) for k in names]
@@ -554,39 +611,44 @@ def fill(row, ours: dict, theirs: dict, mapping: dict[str, str], s_ref, before: 
     row.param_diff = relative_step_diff(ours["state"], s_ref.state_dict(), before, mapping)
 
 
-# ---- record mode: reference figures on weights mhkd seeds -------------------------------------------
-def record(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -> dict:
-    """The reference's numbers on weights made by mhkd's code (see ``seeded_model``)."""
-    run, paper = read(path)
-    setting = reference_setting(run, paper.get("reference", ""), mdistiller)
-    num_classes, num_samples = DATA[run.data.name]
+# ---- record mode: reference figures on weights mhkd seeds ----------------------------------------
+def seeded_models(run: cfg.RunConfig, seed: int) -> tuple[nn.Module, nn.Module | None]:
+    num_classes, _ = DATA[run.data.name]
     student = seeded_model(run.models.student, num_classes, seed)
     teacher = None
+    if run.method != "ce":
+        teacher = seeded_model(run.models.teacher_arch, num_classes, seed + 10)
+    return student, teacher
+
+
+def record(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -> dict:
+    """The reference's numbers on weights made by mhkd's code (see :func:`seeded_model`)."""
+    run, paper = read(path)
+    setting = reference_setting(run, paper.get("reference", ""), mdistiller)
+    num_classes, _ = DATA[run.data.name]
+    student, teacher = seeded_models(run, seed)
     s_ref = ref.model(run.models.student, num_classes, setting.code)
     push_to_reference(student, s_ref, run.models.student)
     t_ref = None
-    if run.method != "ce":
-        teacher = seeded_model(run.models.teacher_arch, num_classes, seed + 10)
+    if teacher is not None:
         t_ref = ref.model(run.models.teacher_arch, num_classes, setting.code)
         push_to_reference(teacher, t_ref, run.models.teacher_arch)
-    torch.manual_seed(seed + 20)  # the learned modules: mhkd's seeded initialisation
-    methods = build_methods(run, teacher, student)
-    crit, extras = ref.criterion(setting, t_ref, s_ref, num_samples)
-    copy_extras(methods, extras, crit, to_reference=True)
-    batch = make_batch(seed, num_classes, num_samples)
-    cidx = contrast_indices(batch, 16384, num_samples, seed) if setting.distill == "crd" else None
-    theirs = ref.step(setting, t_ref, s_ref, crit, extras, batch, cidx)
-    mapping = key_map(s_ref, run.models.student)
-    grads = {mapping[k]: g.norm().item() for k, g in theirs["grads"].items()}
-    after = {mapping[k]: v.double().sum().item() for k, v in s_ref.state_dict().items()}
+    row = Row(path.stem, settings_equal=settings_equal(run, setting))
+    row, theirs, mapping = both_sides(
+        row, run, setting, ref, (student, teacher), (s_ref, t_ref), seed
+    )
+    if not row.equal:
+        raise RuntimeError(f"{path.stem}: mhkd differs from the reference on seeded weights: {row}")
     return {
         "recipe": f"{path.parent.name}/{path.name}",
         "seed": seed,
         "batch": BATCH,
         "terms": theirs["terms"],
         "total": theirs["total"],
-        "grad_norms": grads,
-        "param_sums_after_step": after,
+        "grad_norms": {mapping[k]: g.norm().item() for k, g in theirs["grads"].items()},
+        "param_sums_after_step": {
+            mapping[k]: v.double().sum().item() for k, v in s_ref.state_dict().items()
+        },
         "lr_changes": lr_changes(theirs["lrs"]),
         "reference": paper.get("reference", ""),
     }
@@ -595,7 +657,7 @@ def record(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -
 def lr_changes(lrs: list[float]) -> list[list[float]]:
     """The lr schedule compactly: [epoch (from 1), lr] wherever it changes, and its length."""
     out = [[1, lrs[0]]]
-    for epoch, (a, b) in enumerate(zip(lrs, lrs[1:]), start=2):
+    for epoch, (a, b) in enumerate(zip(lrs, lrs[1:], strict=False), start=2):
         if not math.isclose(a, b):
             out.append([epoch, b])
     return [*out, [len(lrs), lrs[-1]]]
@@ -604,14 +666,11 @@ def lr_changes(lrs: list[float]) -> list[list[float]]:
 def seeded_ours(recipe: Path, seed: int = 0) -> dict:
     """mhkd's side of :func:`record`, without the reference code (tests/test_parity.py)."""
     run, _ = read(recipe)
-    num_classes, num_samples = DATA[run.data.name]
-    student = seeded_model(run.models.student, num_classes, seed)
-    teacher = None
-    if run.method != "ce":
-        teacher = seeded_model(run.models.teacher_arch, num_classes, seed + 10)
-    torch.manual_seed(seed + 20)
-    batch = make_batch(seed, num_classes, num_samples)
-    cidx = contrast_indices(batch, 16384, num_samples, seed) if "crd" in run.method else None
+    _, num_samples = DATA[run.data.name]
+    student, teacher = seeded_models(run, seed)
+    batch = make_batch(seed, DATA[run.data.name][0], num_samples)
+    crd = "crd" in run.method.split("+")
+    cidx = contrast_indices(batch, 16384, num_samples, seed) if crd else None
     ours = run_ours(run, teacher, student, batch, cidx)
     ours["grad_norms"] = {k: g.norm().item() for k, g in ours["grads"].items()}
     ours["param_sums_after_step"] = {k: v.double().sum().item() for k, v in ours["state"].items()}
@@ -636,7 +695,7 @@ def figure_differences(ours: dict, figures: dict) -> dict[str, float]:
     }
 
 
-# ---- the table --------------------------------------------------------------------------------------
+# ---- the table -----------------------------------------------------------------------------------
 def recipes() -> list[Path]:
     """The CIFAR-100 and SVHN recipes (ImageNet and pruning have no CIFAR reference here)."""
     found = []

@@ -222,7 +222,9 @@ def ref_cc_delta(s, t):
     b, d = s.shape
     total = 0
     for i in range(b - 1):
-        total = total + sum(abs(s[i, k] - t[i, k]) * abs(s[i + 1, k] - t[i + 1, k]) for k in range(d))
+        total = total + sum(
+            abs(s[i, k] - t[i, k]) * abs(s[i + 1, k] - t[i + 1, k]) for k in range(d)
+        )
     return total / (b - 1)
 
 

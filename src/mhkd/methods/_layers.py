@@ -18,7 +18,6 @@ from torch import nn
 
 from mhkd.methods.base import MethodContext
 
-
 #: RepDistiller's ``feat[1:-1]`` of the zoo families where they differ from ``stage_names``
 #: (MHKD's heads keep the stage ends): WRN's last map is ``block3``'s output before the final
 #: BN+ReLU; VGG's are blocks 1-4 (block 0 is ``feat[0]``); MobileNetV2's last is ``blocks[6]``

@@ -23,8 +23,8 @@ class AT(Method):
 
     Zoo models give RepDistiller's ``feat[1:-1]`` (:func:`~mhkd.methods._layers.feature_maps`),
     paired from the first on; when the two models have different numbers of maps the deeper
-    extra ones are left out (the benchmark's ``zip``). Spatial sizes are matched by pooling the larger
-    map, channel counts may differ, so no trainable extras.
+    extra ones are left out (the benchmark's ``zip``). Spatial sizes are matched by pooling the
+    larger map, channel counts may differ, so no trainable extras.
     """
 
     name = "at"
