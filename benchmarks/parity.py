@@ -660,6 +660,7 @@ def record(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -
     if teacher is not None:
         t_ref = ref.model(run.models.teacher_arch, num_classes, setting.code)
         push_to_reference(teacher, t_ref, run.models.teacher_arch)
+    before = {k: v.detach().double().clone() for k, v in s_ref.state_dict().items()}
     row = Row(path.stem, settings_equal=settings_equal(run, setting))
     row, theirs, mapping = both_sides(
         row, run, setting, ref, (student, teacher), (s_ref, t_ref), seed
@@ -673,8 +674,9 @@ def record(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -
         "terms": theirs["terms"],
         "total": theirs["total"],
         "grad_norms": {mapping[k]: g.norm().item() for k, g in theirs["grads"].items()},
-        "param_sums_after_step": {
-            mapping[k]: v.double().sum().item() for k, v in s_ref.state_dict().items()
+        "step_norms": {
+            mapping[k]: (v.double() - before[k]).norm().item()
+            for k, v in s_ref.state_dict().items()
         },
         "lr_changes": lr_changes(theirs["lrs"]),
         "reference": paper.get("reference", ""),
@@ -698,9 +700,12 @@ def seeded_ours(recipe: Path, seed: int = 0) -> dict:
     batch = make_batch(seed, DATA[run.data.name][0], num_samples)
     crd = "crd" in run.method.split("+")
     cidx = contrast_indices(batch, 16384, num_samples, seed) if crd else None
+    before = {k: v.detach().double().clone() for k, v in student.state_dict().items()}
     ours = run_ours(run, teacher, student, batch, cidx)
     ours["grad_norms"] = {k: g.norm().item() for k, g in ours["grads"].items()}
-    ours["param_sums_after_step"] = {k: v.double().sum().item() for k, v in ours["state"].items()}
+    ours["step_norms"] = {
+        k: (v.double() - before[k]).norm().item() for k, v in ours["state"].items()
+    }
     ours["lr_changes"] = lr_changes(ours["lrs"])
     return ours
 
@@ -712,12 +717,13 @@ def figure_differences(ours: dict, figures: dict) -> dict[str, float]:
     pairs.append((ours["total"], figures["total"]))
     grads, ref_grads = ours["grad_norms"], figures["grad_norms"]
     scale = max(ref_grads.values()) or 1.0
-    sums, ref_sums = ours["param_sums_after_step"], figures["param_sums_after_step"]
+    steps, ref_steps = ours["step_norms"], figures["step_norms"]
+    step_scale = max(v for k, v in ref_steps.items() if "num_batches" not in k) or 1.0
     return {
         "terms": max(abs(a - b) / max(1.0, abs(b)) for a, b in pairs),
         "grads": max(abs(grads[k] - v) / scale for k, v in ref_grads.items()),
-        "params": max(abs(sums[k] - v) / max(1.0, abs(v)) for k, v in ref_sums.items()),
-        "keys": float(set(grads) != set(ref_grads) or set(sums) != set(ref_sums)),
+        "params": max(abs(steps[k] - v) / step_scale for k, v in ref_steps.items()),
+        "keys": float(set(grads) != set(ref_grads) or set(steps) != set(ref_steps)),
         "lrs": float(ours["lr_changes"] != figures["lr_changes"]),
     }
 

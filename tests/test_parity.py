@@ -2,9 +2,11 @@
 
 ``benchmarks/parity.py --record tests/data/parity`` ran RepDistiller's (and mdistiller's DKD)
 training step on weights seeded by mhkd's own code and wrote its numbers here: every weighted
-loss term, the student's gradient norm per parameter, each parameter's sum after one SGD step
-and the learning-rate schedule. Each test rebuilds mhkd's side from the same seeds and must
-land on those numbers (relative differences within 1e-4; float32 arithmetic).
+loss term, the student's gradient norm per parameter, the norm of each parameter's (and BN
+buffer's) change in one SGD step and the learning-rate schedule. Each test rebuilds mhkd's
+side from the same seeds and must land on those numbers: terms within 2e-4 of max(1, |term|)
+(float32: CRD sums 131k NCE terms, PKT scales a tiny KL by 30 000), gradient and step norms
+within 1e-4 of the largest one, the lr schedule exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +34,6 @@ def test_recipe_step_equals_the_reference_figures(path):
     ours = parity.seeded_ours(ROOT / "recipes" / figures["recipe"], figures["seed"])
     diff = parity.figure_differences(ours, figures)
     assert diff["keys"] == 0 and diff["lrs"] == 0, diff
-    assert diff["terms"] <= 1e-4, (diff, ours["terms"], figures["terms"])
+    assert diff["terms"] <= 2e-4, (diff, ours["terms"], figures["terms"])
     assert diff["grads"] <= 1e-4, diff
-    assert diff["params"] <= 1e-5, diff
+    assert diff["params"] <= 1e-4, diff
