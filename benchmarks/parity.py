@@ -115,7 +115,7 @@ def reference_setting(run: cfg.RunConfig, reference: str, mdistiller: Path | Non
     """The reference's setting, from the recipe's cited command line or config and the
     reference code's defaults (the paper's text for SVHN, which has no published code)."""
     student = REF_NAMES.get(run.models.student, run.models.student)
-    setting = RefSetting(code=None)
+    setting = RefSetting(code=None, lr=0.01 if student in SMALL_LR else 0.05)  # MHKD: no code
     if "mdistiller configs/" in reference and mdistiller is not None:
         rel = re.search(r"mdistiller (configs/\S+\.yaml)", reference).group(1)
         tree = yaml.safe_load((mdistiller / rel).read_text())
