@@ -30,6 +30,7 @@ SECTIONS = [
     ("Information-flow KD study on digits", "infoflow.md"),
     ("Cascaded channel pruning study on digits", "prune.md"),
     ("Cascaded pruning at keep 0.1 and 0.05 with a 3× longer schedule", "prune_long.md"),
+    ("Parity with the reference code", "parity.md"),
 ]
 
 PREAMBLE = """# Results

@@ -218,6 +218,32 @@ def test_cc_higher_order_approaches_the_exact_rbf_kernel():
     check(losses.cc, ref_cc, (4, 3), (4, 3), gamma=0.7, order=3)
 
 
+def ref_cc_delta(s, t):
+    b, d = s.shape
+    total = 0
+    for i in range(b - 1):
+        total = total + sum(
+            abs(s[i, k] - t[i, k]) * abs(s[i + 1, k] - t[i + 1, k]) for k in range(d)
+        )
+    return total / (b - 1)
+
+
+def test_cc_delta_matches_hand_computation_and_trains_both_embeddings():
+    s, t = _leaf(5, 3, seed=1), _leaf(5, 3, seed=2)
+    value = losses.cc_delta(s, t)
+    value.backward()
+    s64 = s.detach().double().requires_grad_(True)
+    t64 = t.detach().double().requires_grad_(True)
+    ref = ref_cc_delta(s64, t64)
+    ref.backward()
+    assert value.dtype == torch.float32 and value.dim() == 0
+    torch.testing.assert_close(value.detach().double(), ref.detach(), **TOL)
+    torch.testing.assert_close(s.grad.double(), s64.grad, **TOL)
+    torch.testing.assert_close(t.grad.double(), t64.grad, **TOL)  # the teacher embedding learns
+    with pytest.raises(ValueError, match="one shape"):
+        losses.cc_delta(torch.randn(4, 3), torch.randn(4, 5))
+
+
 # ---- RKD ------------------------------------------------------------------------------------
 def ref_rkd(s, t, distance_weight=25.0, angle_weight=50.0):
     b = s.shape[0]

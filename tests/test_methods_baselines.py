@@ -246,6 +246,45 @@ def test_user_named_layers_replace_the_zoo_defaults():
         )
 
 
+#: (teacher, student) -> RepDistiller's feat lists as zoo layer names: feat[1:-1] for AT,
+#: feat[-2] for SP, feat[2] for FitNet (``model(x, is_feat=True, preact=False)`` in models/).
+BENCHMARK_TAPS = {
+    ("wrn_40_2", "wrn_16_2"): (["block1", "block2", "block3"], ["block1", "block2", "block3"]),
+    ("vgg13", "vgg8"): ([f"block{i}" for i in range(1, 5)], [f"block{i}" for i in range(1, 5)]),
+    ("vgg13", "mobilenetv2"): (
+        [f"block{i}" for i in range(1, 5)],
+        ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+    ),
+    ("resnet32x4", "shufflenetv2"): (
+        ["layer1", "layer2", "layer3"],
+        ["layer1", "layer2", "layer3"],
+    ),
+    ("resnet110", "resnet20"): (["layer1", "layer2", "layer3"], ["layer1", "layer2", "layer3"]),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(BENCHMARK_TAPS))
+def test_zoo_pairs_tap_the_benchmark_feature_lists(pair):
+    from mhkd import models
+
+    teacher, student = (models.create(name, num_classes=4) for name in pair)
+    ctx = MethodContext(student=student, teacher=teacher, num_classes=4)
+    t_maps, s_maps = BENCHMARK_TAPS[pair]
+    methods = {n: method_class(n)(ctx, method_class(n).Options()) for n in ("at", "sp", "fitnet")}
+    assert methods["at"].teacher_layers == t_maps and methods["at"].student_layers == s_maps
+    assert (methods["sp"].teacher_layers, methods["sp"].student_layers) == (
+        [t_maps[-1]],
+        [s_maps[-1]],
+    )
+    assert (methods["fitnet"].teacher_layers, methods["fitnet"].student_layers) == (
+        [t_maps[1]],
+        [s_maps[1]],
+    )
+    for name in ("cc", "rkd", "pkt"):  # feat[-1]: the pooled penultimate vector
+        method = method_class(name)(ctx, method_class(name).Options())
+        assert method.teacher_layers == ["flatten"] and method.student_layers == ["flatten"]
+
+
 def test_a_model_without_tap_names_asks_for_layers():
     teacher, _ = make_pair()
     plain = nn.Sequential(
@@ -452,47 +491,87 @@ TABLE1_PAIRS = [
     ("vgg13", "mobilenetv2"),
     ("resnet32x4", "shufflenetv2"),
 ]
-RECIPE_SECTIONS = {"data", "models", "method", "optim", "schedule"}  # plus options, if any
+RECIPE_SECTIONS = {"data", "models", "method", "optim", "schedule"}  # plus options, weights
+SVHN_PAIRS = [
+    ("wrn_40_2", "wrn_16_2"),
+    ("resnet56", "resnet20"),
+    ("vgg13", "vgg8"),
+    ("mobilenetv2", "vgg13"),
+    ("shufflenetv2", "resnet32x4"),
+]
 #: DKD's per-pair beta of the reference configs (mdistiller); the other options are defaults.
-WITH_KD = {"fitnet", "cc", "rkd", "crd", "mhkd"}  # methods that bring KD along (weights above)
 DKD_BETA = {"resnet20": 2.0, "shufflenetv2": 8.0, "mobilenetv2": 6.0, "vgg8": 6.0, "wrn_16_2": 6.0}
+#: The benchmark's beta (-b) of each feature method (RepDistiller scripts/run_cifar_distill.sh).
+BETA = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "rkd": 1.0, "pkt": 30000.0}
+BETA["crd"] = 0.8
 
 
-def test_every_baseline_has_a_recipe_for_every_table1_pair():
+def expected_weights(method: str, alone: bool) -> dict[str, float] | None:
+    """RepDistiller's -r/-a/-b: KD 0.1/0.9; "+KD" rows 1/1/beta; a method alone 1/0/beta."""
+    if method == "kd":
+        return {"ce": 0.1, "kd": 0.9}
+    if method in ("at", "sp", "pkt"):
+        return {"ce": 1.0, method: BETA[method]}
+    if method in ("fitnet", "cc", "rkd", "crd"):
+        return {"ce": 1.0, "kd": 0.0 if alone else 1.0, method: BETA[method]}
+    return None  # ce, dkd, crd+mhkd: the method's defaults
+
+
+def _check_schedule(run, path) -> None:
+    svhn = run.data.name == "svhn"
+    o, sched = run.optim, run.schedule
+    small = run.models.student in ("mobilenetv2", "shufflenetv2")
+    lr = 0.001 if svhn else (0.01 if small else 0.05)  # train_student.py's 0.01 rule
+    assert (o.batch_size, o.lr) == ((200 if svhn else 64), lr), path.name
+    assert (o.momentum, o.weight_decay) == (0.9, 5e-4), path.name
+    milestones = [80, 110, 135] if svhn else [150, 180, 210]
+    assert (sched.kind, sched.milestones, sched.gamma) == ("multistep", milestones, 0.1)
+    assert sched.epochs == (150 if svhn else 240), path.name
+
+
+def test_every_baseline_recipe_carries_the_reference_setting():
     from mhkd import models
 
     found = {}
     for path in sorted(RECIPES.glob("*.yaml")):
         tree, notes = config.read_recipe(path)
-        assert set(tree) - {"options"} == RECIPE_SECTIONS, path.name
+        assert RECIPE_SECTIONS <= set(tree) <= RECIPE_SECTIONS | {"options", "weights"}, path.name
         run = config.build(tree)  # the tree the run gets; every option reaches a dataclass
         m = run.models
-        assert run.data.name == "cifar100" and run.schedule.epochs == 240
-        assert run.optim.batch_size == 64 and run.optim.momentum == 0.9
-        assert run.optim.weight_decay == 5e-4 and run.weights == {}
-        sched = run.schedule
-        assert (sched.kind, sched.milestones, sched.gamma) == ("multistep", [150, 180, 210], 0.1)
-        small = m.student in ("mobilenetv2", "shufflenetv2")
-        assert run.optim.lr == (0.01 if small else 0.05), path.name
-        assert {m.teacher_arch, m.student} <= set(models.available())
-        assert m.teacher.endswith(f"/{m.teacher_arch}_vanilla/ckpt_epoch_240.pth"), path.name
-        parts = set(run.method.split("+"))
-        assert set(run.options) == parts | ({"kd"} if parts & WITH_KD else set()), path.name
+        _check_schedule(run, path)
+        alone = path.stem.endswith("_alone")
+        weights = expected_weights(run.method, alone)
+        assert run.weights == (weights if weights is not None else {}), path.name
+        assert m.student in models.available()
+        if run.method == "ce":
+            assert m.teacher is None
+        elif run.data.name == "cifar100":
+            assert m.teacher.endswith(f"/{m.teacher_arch}_vanilla/ckpt_epoch_240.pth"), path.name
         for name, options in run.options.items():
-            assert isinstance(options, method_class(name).Options), (path.name, name)
             given = tree.get("options", {}).get(name, {})
             assert all(getattr(options, k) == v for k, v in given.items()), (path.name, name)
             if name == "dkd":
                 assert options.beta == DKD_BETA[m.student], path.name
-            else:  # the benchmark's defaults
+            else:  # the benchmark's defaults (CC: the delta form)
                 assert options == method_class(name).Options(), (path.name, name)
-        top1 = notes["paper"]["top1"]
-        assert top1 is None or 55 < top1 < 80, path.name
-        assert notes["paper"]["source"]
-        found[(run.method, m.teacher_arch, m.student)] = top1
-    methods = (*BASELINES, "crd+mhkd")
-    assert set(found) == {(m, t, s) for m in methods for t, s in TABLE1_PAIRS}
-    assert found[("fitnet", "wrn_40_2", "wrn_16_2")] == 75.12
-    assert found[("crd", "resnet32x4", "shufflenetv2")] == 76.05
-    assert found[("crd+mhkd", "vgg13", "mobilenetv2")] == 70.21
-    assert found[("at", "vgg13", "mobilenetv2")] == 59.40
+        paper = notes["paper"]
+        assert set(paper) == {"top1", "source", "reference"}, path.name
+        assert paper["source"] and paper["reference"], path.name
+        top1 = paper["top1"]
+        assert top1 is None or 55 < top1 < 97, path.name
+        key = (run.data.name, run.method + ("-alone" if alone else ""), m.teacher_arch, m.student)
+        found[key] = top1
+    table1 = (*BASELINES, "kd", "crd+mhkd", *(f"{m}-alone" for m in ("fitnet", "cc", "rkd", "crd")))
+    cifar = {("cifar100", mth, t, s) for mth in table1 for t, s in TABLE1_PAIRS}
+    svhn = {("svhn", mth, t, s) for mth in ("kd", "fitnet", "cc", "rkd") for t, s in SVHN_PAIRS}
+    ce = {("cifar100", "ce", None, m) for pair in TABLE1_PAIRS for m in pair}
+    ce |= {("svhn", "ce", None, m) for pair in SVHN_PAIRS for m in pair}
+    assert set(found) == cifar | svhn | ce
+    assert found[("cifar100", "fitnet", "wrn_40_2", "wrn_16_2")] == 75.12
+    assert found[("cifar100", "fitnet-alone", "wrn_40_2", "wrn_16_2")] == 73.58
+    assert found[("cifar100", "crd", "resnet32x4", "shufflenetv2")] == 76.05
+    assert found[("cifar100", "crd+mhkd", "vgg13", "mobilenetv2")] == 70.21
+    assert found[("cifar100", "at", "vgg13", "mobilenetv2")] == 59.40
+    assert found[("cifar100", "kd", "resnet32x4", "shufflenetv2")] == 74.45
+    assert found[("svhn", "rkd", "mobilenetv2", "vgg13")] == 95.83
+    assert found[("cifar100", "ce", None, "resnet32x4")] == 79.42

@@ -13,7 +13,7 @@ from mhkd.losses.infoflow import (
 )
 from mhkd.losses.logits import kd
 from mhkd.losses.mhkd import heads_ce, multi_head_kd, ohkd
-from mhkd.losses.relations import cc, correlation_matrix, pkt, rkd
+from mhkd.losses.relations import cc, cc_delta, correlation_matrix, pkt, rkd
 
 __all__ = [
     "CRDEmbed",
@@ -21,6 +21,7 @@ __all__ = [
     "at",
     "attention_map",
     "cc",
+    "cc_delta",
     "conditional_probabilities",
     "correlation_matrix",
     "cosine_kernel",

@@ -1,8 +1,11 @@
 """Which layers the feature-based baselines tap, from zoo attributes or the user's names.
 
 Zoo models declare ``stage_names`` (stage ends, 4-D outputs) and ``embedding_name`` (the
-flattened penultimate features). A user model names its layers instead
-(``ctx.teacher_layers``/``ctx.student_layers``, ``--teacher-layers``/``--student-layers``).
+flattened penultimate features). The baselines tap what the benchmark code behind their cited
+numbers taps: RepDistiller's ``feat`` list (``model(x, is_feat=True, preact=False)``), whose
+maps ``feat[1:-1]`` are the stage ends except in four families (:data:`BENCHMARK_MAPS`). A user
+model names its layers instead (``ctx.teacher_layers``/``ctx.student_layers``,
+``--teacher-layers``/``--student-layers``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,24 @@ import torch
 from torch import nn
 
 from mhkd.methods.base import MethodContext
+
+#: RepDistiller's ``feat[1:-1]`` of the zoo families where they differ from ``stage_names``
+#: (MHKD's heads keep the stage ends): WRN's last map is ``block3``'s output before the final
+#: BN+ReLU; VGG's are blocks 1-4 (block 0 is ``feat[0]``); MobileNetV2's last is ``blocks[6]``
+#: (320 half-width channels, not ``conv2``'s 1280); ShuffleNetV2's is ``layer3`` (not the
+#: 1024-channel ``relu2``). ResNets and ShuffleNetV1 tap their stage ends.
+BENCHMARK_MAPS: dict[str, tuple[str, ...]] = {
+    "WideResNet": ("block1", "block2", "block3"),
+    "VGG": ("block1", "block2", "block3", "block4"),
+    "MobileNetV2": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
+    "ShuffleNetV2": ("layer1", "layer2", "layer3"),
+}
+
+
+def feature_maps(model: nn.Module, method: str, role: str) -> list[str]:
+    """The benchmark's intermediate maps of a zoo model (``feat[1:-1]``), in forward order."""
+    stages = _declared(model, "stage_names", method, role)
+    return list(BENCHMARK_MAPS.get(type(model).__name__, stages))
 
 
 def _declared(model: nn.Module, attr: str, method: str, role: str) -> list[str] | str:
@@ -59,10 +80,10 @@ def stage_pairs(
     """(teacher layers, student layers) paired by position.
 
     Layers the user named are used as given (both lists must then have one length). Otherwise
-    the zoo's ``stage_names`` are taken: ``"all"`` pairs them from the first stage on (the
-    longer list's extra deepest stages are left out, like the benchmark's ``zip``),
-    ``"middle"`` takes stage ``(n − 1) // 2`` of each (the benchmark's hint layer),
-    ``"last"`` the last stage, an integer that stage index of each.
+    the zoo's benchmark maps (:func:`feature_maps`, RepDistiller's ``feat[1:-1]``) are taken:
+    ``"all"`` pairs them from the first on (the longer list's extra deepest maps are left out,
+    like the benchmark's ``zip``), ``"last"`` the last (``feat[-2]``), an integer that index of
+    each (FitNet's ``hint_layer = 2`` is index 1: ``feat[2]``).
     """
     sides = {}
     explicit = False
@@ -72,11 +93,9 @@ def stage_pairs(
             sides[role] = given
             explicit = True
             continue
-        stages = _declared(_model(ctx, role), "stage_names", method, role)
+        stages = feature_maps(_model(ctx, role), method, role)
         if select == "all":
             sides[role] = stages
-        elif select == "middle":
-            sides[role] = [stages[(len(stages) - 1) // 2]]
         elif select == "last":
             sides[role] = [stages[-1]]
         else:
@@ -84,8 +103,8 @@ def stage_pairs(
                 sides[role] = [stages[int(select)]]
             except IndexError:
                 raise ValueError(
-                    f"{method}: stage {select} does not exist; the {role} has {len(stages)} "
-                    f"stages ({', '.join(stages)})"
+                    f"{method}: map {select} does not exist; the {role} has {len(stages)} "
+                    f"maps ({', '.join(stages)})"
                 ) from None
     teacher, student = sides["teacher"], sides["student"]
     if len(teacher) != len(student):

@@ -19,11 +19,12 @@ class ATOptions:
 
 @register
 class AT(Method):
-    """Attention maps (``p = 2``) at every stage end, summed over stages; β = 1000, no KD.
+    """Attention maps (``p = 2``) of every benchmark map, summed; β = 1000, no KD.
 
-    Zoo stages are paired from the first on; when the two models have different numbers of
-    stages the deeper extra ones are left out. Spatial sizes are matched by pooling the larger
-    map, channel counts may differ, so no trainable extras.
+    Zoo models give RepDistiller's ``feat[1:-1]`` (:func:`~mhkd.methods._layers.feature_maps`),
+    paired from the first on; when the two models have different numbers of maps the deeper
+    extra ones are left out (the benchmark's ``zip``). Spatial sizes are matched by pooling the
+    larger map, channel counts may differ, so no trainable extras.
     """
 
     name = "at"

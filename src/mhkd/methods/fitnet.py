@@ -15,7 +15,11 @@ from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, op
 
 @dataclass
 class FitNetOptions:
-    hint_stage: int | None = option(None, "zoo stage index of the hint (default: the middle one)")
+    hint_stage: int | None = option(
+        None,
+        "index of the hint among the benchmark maps feat[1:-1] (default 1: RepDistiller's "
+        "hint_layer 2)",
+    )
 
 
 class Regressor(nn.Module):
@@ -55,11 +59,13 @@ class Regressor(nn.Module):
 
 @register
 class FitNet(Method):
-    """Hint loss at a middle stage: ``MSE(regressor(f_s), f_t)``, β = 100, with KD.
+    """Hint loss at a middle map: ``MSE(regressor(f_s), f_t)``, β = 100, with KD.
 
-    Default layers: stage ``(n − 1) // 2`` of each zoo model (the benchmark's hint layer);
-    ``hint_stage`` picks another stage index; user-named layers give one hint per pair (one
-    regressor each, losses summed). The regressor is sized by a dry run.
+    Default layers: RepDistiller's ``feat[hint_layer = 2]`` of each zoo model (map 1 of
+    :func:`~mhkd.methods._layers.feature_maps`: VGG ``block2``, WRN ``block2``, ResNet
+    ``layer2``, MobileNetV2 ``blocks.2``, ShuffleNetV2 ``layer2``); ``hint_stage`` picks another
+    map index; user-named layers give one hint per pair (one regressor each, losses summed).
+    The regressor is sized by a dry run.
     """
 
     name = "fitnet"
@@ -70,7 +76,7 @@ class FitNet(Method):
 
     def __init__(self, ctx: MethodContext, options: FitNetOptions):
         super().__init__(TeacherUse.FEATURES)
-        select = "middle" if options.hint_stage is None else options.hint_stage
+        select = 1 if options.hint_stage is None else options.hint_stage
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, select)
         t_shapes = ctx.teacher_shapes(self.teacher_layers)
         s_shapes = ctx.student_shapes(self.student_layers)

@@ -12,7 +12,9 @@ from mhkd.methods.base import Method, MethodContext, ModelOutput, NoOptions, Tea
 
 @register
 class SP(Method):
-    """Row-normalised batch Gram matrices of the last stage's maps; β = 3000, no KD.
+    """Row-normalised batch Gram matrices of the last benchmark map (RepDistiller's
+    ``feat[-2]``: WRN ``block3`` before the final BN+ReLU, MobileNetV2 ``blocks.6``,
+    ShuffleNetV2 ``layer3``); β = 3000, no KD.
 
     User-named layers give one term per pair, summed. No trainable extras.
     """
