@@ -7,7 +7,6 @@ does not run at all. The step plugs into :class:`mhkd.loop.EpochLoop`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,7 @@ class DistillStep:
                 augment=self.train_loader.augment,
                 topk=runtime.teacher_cache_topk, precision=self.precision,
                 channels_last=self.train_loader.channels_last,
-                quiet=runtime.quiet or not sys.stderr.isatty(),
+                quiet=runtime.quiet,
             )  # fmt: skip
         distributed.barrier()
         cache = open_cache(

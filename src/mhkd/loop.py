@@ -18,11 +18,11 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from mhkd import checkpoint, distributed, hardware
 from mhkd.data.batch import Batch
 from mhkd.preemption import StopOnSignal
+from mhkd.progress import Progress, duration
 from mhkd.rundir import RunDirectory, RunSummary
 
 CHECK_FINITE_EVERY = 25
@@ -166,9 +166,10 @@ class EpochLoop:
                 started = time.perf_counter()
                 record = self._train_epoch(stop)
                 record.update(self.step.evaluate(self.test_loader))
-                self.seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                self.seconds += seconds
                 self.epoch += 1
-                self._finish_epoch(record)
+                self._finish_epoch(record, seconds)
                 if stop.requested_anywhere(self._device):
                     stop.check(self.epoch)  # at the boundary: last.pt holds this epoch
         summary = RunSummary.from_dict(self.summary())  # the declared schema, run or no run
@@ -176,12 +177,12 @@ class EpochLoop:
             self.run.write_summary(summary)
         return summary.to_dict()
 
-    def _finish_epoch(self, record: dict[str, Any]) -> None:
+    def _finish_epoch(self, record: dict[str, Any], seconds: float) -> None:
         improved = record["test_acc"] > self.best_test_acc
         if improved:
             self.best_test_acc, self.best_epoch = record["test_acc"], self.epoch  # 1-based
         self.last = {k: v for k, v in record.items() if k.startswith("test_")}
-        self._log(record)
+        self._log(record, seconds)
         if self.run is not None:
             self.run.save_last(self._state())
             deployable = self.step.deployable() if improved else None
@@ -198,15 +199,13 @@ class EpochLoop:
         correct = None
         seen = 0
         started = time.perf_counter()
-        bar = tqdm(
-            self.train_loader,
-            desc=f"{self.label} {epoch + 1}/{self.epochs}",
-            leave=False,
-            disable=self.quiet or not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
+        try:
+            total = len(self.train_loader)
+        except TypeError:  # a loader that cannot tell its length
+            total = None
+        progress = Progress(total, f"{self.label} {epoch + 1}/{self.epochs}", "batch", self.quiet)
         steps = 0
-        for steps, batch in enumerate(bar, 1):
+        for steps, batch in enumerate(self.train_loader, 1):
             self._device = batch.labels.device
             every = self.world_size == 1 or steps % CHECK_FINITE_EVERY == 1
             if every and stop.requested_anywhere(self._device):
@@ -219,9 +218,11 @@ class EpochLoop:
             seen += len(batch.labels)
             if steps % CHECK_FINITE_EVERY == 1:
                 check_finite(sums, epoch, self._kept())
-                if not bar.disable:
+                if progress.shown:
                     rate = seen / (time.perf_counter() - started)
-                    bar.set_postfix(acc=f"{100 * correct.item() / seen:.1f}", img_s=f"{rate:.0f}")
+                    progress.note(acc=f"{100 * correct.item() / seen:.1f}", img_s=f"{rate:.0f}")
+            progress.update()
+        progress.close()
         if steps == 0:
             raise ValueError(
                 f"the training set gave no batch in epoch {epoch + 1}: it is smaller than one "
@@ -258,15 +259,19 @@ class EpochLoop:
             return "no checkpoint was written (no epoch finished)"
         return f"{self.run.path('checkpoints', 'last.pt')} (epoch {self.epoch}) is kept"
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any], seconds: float) -> None:
+        """The epoch's line, with its time (training and evaluation) and the run's time left."""
         if not self.quiet:
             terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in record.items() if k.startswith("loss_"))
             lr = f" lr={record['lr']:.4g}" if "lr" in record else ""
+            left = self.seconds / self.epoch * (self.epochs - self.epoch)
             print(
                 f"{self.label} {record['epoch']}/{self.epochs}{lr} {terms} "
                 f"train_acc={record['train_acc']:.2f} test_acc={record['test_acc']:.2f} "
-                f"({record['images_per_s']:.0f} img/s)",
+                f"({record['images_per_s']:.0f} img/s, {duration(seconds)} this epoch, "
+                f"~{duration(left)} left)",
                 file=sys.stderr,
+                flush=True,
             )
         if self.run is not None:
             self.run.append_metrics(record)

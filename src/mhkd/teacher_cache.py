@@ -47,12 +47,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from mhkd import hardware
 from mhkd.data import IDENTITY_VIEW, NUM_VIEWS, DataSplits, apply_views, normalize
 from mhkd.methods.base import MethodSet, ModelOutput, TeacherUse
 from mhkd.preemption import RunInterrupted
+from mhkd.progress import Progress
 from mhkd.rundir import LockHolder
 from mhkd.taps import Taps
 
@@ -369,7 +369,7 @@ def _build(root, teacher, splits, device, outputs, augment, topk, batch_size, pr
     std = torch.tensor(splits.std, device=device)
     teacher.eval()
     started = time.perf_counter()
-    progress = tqdm(total=n * len(views), desc="teacher cache", unit="img", disable=quiet)
+    progress = Progress(n * len(views), "teacher cache", "img", quiet)
     with Taps(teacher, outputs.layers if outputs else ()) as taps:
         for start in range(0, n, batch_size):
             batch = images[start : start + batch_size].to(device)
