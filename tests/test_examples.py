@@ -116,6 +116,7 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
     """The tour's commands in order, in an empty folder, one epoch each on tiny data."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("mhkd.pipelines.quickstart.EPOCHS", {"teacher": 1, "student": 1})
+    monkeypatch.setattr("mhkd.pipelines.quickstart.LABELLED", 2)  # the tiny set has few a class
     small_heads = ["--mhkd.head-width", "16", "--mhkd.head-fcs", "1"]
     overrides = {
         "train": CLI_FAST,
