@@ -18,10 +18,7 @@ RESULTS = HERE / "results"
 #: per kind: ``NAME.md`` from the Intel Xeon with AMX, ``NAME_epyc.md`` from the AVX2-only
 #: AMD EPYC (fp32 only: without bf16 units bf16 is emulated and slower).
 SECTIONS = [
-    (
-        "Quickstart on the digits set",
-        ("quickstart_epyc.md", "quickstart_epyc_before.md", "quickstart.md"),
-    ),
+    ("Quickstart on the digits set", ("quickstart_epyc.md", "quickstart.md")),
     ("Train step: mhkd against a bare loop (CE, KD)", ("speed_ce_kd.md", "speed_ce_kd_epyc.md")),
     ("Train step before and after the renovation", ("renovation_speed.md",)),
     ("Train step per method (KD, MHKD, CRD)", ("speed_methods.md",)),

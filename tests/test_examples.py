@@ -117,6 +117,7 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("mhkd.pipelines.quickstart.EPOCHS", {"teacher": 1, "student": 1})
     monkeypatch.setattr("mhkd.pipelines.quickstart.LABELLED", 2)  # the tiny set has few a class
+    monkeypatch.setattr("mhkd.pipelines.quickstart.BATCH", {"teacher": 64, "student": 8})
     small_heads = ["--mhkd.head-width", "16", "--mhkd.head-fcs", "1"]
     overrides = {
         "train": CLI_FAST,

@@ -45,7 +45,7 @@ def resolve_channels_last(setting: str, device: torch.device, precision: str) ->
     """``"auto"``: channels_last on GPUs, with bf16 on the CPU, and with fp32 on a CPU without
     AVX-512, where oneDNN's channels_last kernels were faster; only fp32 on an AVX-512 CPU
     stays NCHW (measured: benchmarks/RESULTS.md, "channels_last on and off": fp32 train steps
-    1.1–1.4× faster channels_last on an AVX2-only AMD EPYC, 0.92× on an AMX Xeon)."""
+    1.10–1.28× faster channels_last on an AVX2-only AMD EPYC, 0.92× on an AMX Xeon)."""
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"unknown channels_last setting {setting!r}; choose from auto, on, off")
     if setting != "auto":
