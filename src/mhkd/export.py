@@ -8,6 +8,10 @@ parts never reach the graph. Weights holding NaN or inf are refused, not exporte
 The TorchScript exporter (``dynamo=False``) is used on purpose: it handles these plain
 convolutional networks with a dynamic batch dimension, is fast, and needs no ``onnxscript``;
 torch's newer ``torch.export`` path would add that dependency for no gain here.
+
+``--int8`` (``to_onnx(..., int8=True, calibration=...)``) also writes ``F.int8.onnx``, the
+graph quantized after training by :mod:`mhkd.quantize`, and compares the two graphs' test
+accuracy, size and latency. Export never replaces a file it did not write (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import copy
 import functools
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from mhkd import __version__, quantize
 
 #: Largest |ONNX - PyTorch| accepted on random inputs.
 TOLERANCE = 1e-4
@@ -81,6 +88,10 @@ def to_onnx(
     opset: int = OPSET,
     metadata: dict[str, Any] | None = None,
     seed: int = 0,
+    int8: bool = False,
+    calibration: Any = None,
+    keep_float: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> float:
     """Export ``model`` (inputs ``(batch, *input_shape)``, batch dynamic) and check it.
 
@@ -88,9 +99,18 @@ def to_onnx(
     largest absolute difference between onnxruntime and PyTorch logits over random batches of
     sizes :data:`CHECK_BATCHES`; above :data:`TOLERANCE` it raises :class:`ExportError`.
     ``metadata`` is stored in the ONNX file's ``metadata_props`` (values JSON-encoded).
+    ``int8``: also write :func:`mhkd.quantize.int8_path` of ``path``, calibrated on
+    ``calibration`` (normalised images, or (images, labels); see :func:`mhkd.quantize.quantize`,
+    which ``keep_float`` is passed to). An existing file is replaced only if mhkd wrote it,
+    or with ``overwrite``.
     """
     onnx, _ = _onnx_modules()
     path = Path(path)
+    targets = [path, quantize.int8_path(path)] if int8 else [path]
+    for target in targets:
+        quantize.check_writable(target, overwrite)
+    if int8:
+        calibration = quantize.calibration_arrays(calibration, input_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
     net.eval()
@@ -114,11 +134,14 @@ def to_onnx(
         raise ExportError(f"cannot export {type(model).__name__} to ONNX: {first}") from None
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
-    for key, value in (metadata or {}).items():
+    for key, value in {"exporter": f"mhkd {__version__}", **(metadata or {})}.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = f"mhkd.{key}", json.dumps(value)
     onnx.save(graph, str(path))
-    return check(net, path, input_shape, seed=seed)
+    diff = check(net, path, input_shape, seed=seed)
+    if int8:
+        quantize.quantize(path, targets[1], calibration, keep_float=keep_float)
+    return diff
 
 
 def _session(path: str | Path) -> Any:
@@ -178,24 +201,27 @@ def export_checkpoint(
     onnx_path: str | Path,
     input_shape: Sequence[int] | None = None,
     arch: str | None = None,
+    **options: Any,
 ) -> tuple[nn.Module, float]:
     """Rebuild the student a checkpoint holds and export it; returns (model, max abs diff).
 
     ``input_shape`` ``None`` is the architecture's own (3x224x224 for the ImageNet networks,
     else 3x32x32). ``arch`` names the architecture of a foreign file whose folder and keys
-    do not.
+    do not; ``options`` go to :func:`to_onnx` (``int8``, ``calibration``, ``overwrite`` ...).
     """
     from mhkd import checkpoint
     from mhkd.models.complexity import default_input_shape
 
     model, meta = checkpoint.load_model(ckpt, arch=arch)
     input_shape = input_shape or default_input_shape(model)
-    metadata = {
-        key: meta[key]
-        for key in ("arch", "data", "num_classes", "test_acc")
-        if meta.get(key) is not None
-    }
-    return model, to_onnx(model, onnx_path, input_shape, metadata=metadata)
+    metadata = _metadata(meta)
+    return model, to_onnx(model, onnx_path, input_shape, metadata=metadata, **options)
+
+
+def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """What of a checkpoint's metadata the ONNX file keeps."""
+    keys = ("arch", "data", "num_classes", "test_acc")
+    return {key: meta[key] for key in keys if meta.get(key) is not None}
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -224,7 +250,38 @@ def add_export_command(subparsers: Any) -> None:
                         "architecture's, 224 for the ImageNet networks, else 32)")  # fmt: skip
     parser.add_argument("--channels", type=int, default=3, help="input channels")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency timing")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing file that mhkd did not export (default: refuse)",
+    )  # fmt: skip
+    _add_int8_flags(parser)
     parser.set_defaults(run=_run_export)
+
+
+def _add_int8_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "int8", "post-training static quantization (QDQ, per-channel int8 weights, uint8 "
+        "activations calibrated on the checkpoint's own training images)",
+    )  # fmt: skip
+    group.add_argument("--int8", action="store_true",
+                       help="also write FILE with .int8.onnx and compare both graphs' test "
+                       "accuracy, size and latency (input size: the data set's)")  # fmt: skip
+    group.add_argument("--data", help="data set (default: the one the checkpoint was trained on)")
+    group.add_argument("--data-dir", help="where the data set's files are")
+    group.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        metavar="N",
+        help="training images the activation ranges are calibrated on",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    group.add_argument("--keep-float", default="", metavar="OP[,OP]",
+                       help="ONNX operators left in float (e.g. Gemm, or one that does not "
+                       "quantize)")  # fmt: skip
+    group.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                       help="exit non-zero when int8 test accuracy is more than this below "
+                       "float32's (the int8 file is still written)")  # fmt: skip
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -235,9 +292,13 @@ def _run_export(args: argparse.Namespace) -> int:
     check_range("--channels", args.channels, 1, 64)
     if args.image_size is None and args.channels != 3:
         raise ValueError("--channels other than 3 needs --image-size")
+    if args.int8:
+        return _run_export_int8(args)
     size = args.image_size
     shape = (args.channels, size, size) if size else None
-    model, diff = export_checkpoint(args.checkpoint, args.onnx, shape, args.arch)
+    model, diff = export_checkpoint(
+        args.checkpoint, args.onnx, shape, args.arch, overwrite=args.overwrite
+    )
     shape = shape or default_input_shape(model)
     sizes = profile(model, shape)
     print(
@@ -248,4 +309,88 @@ def _run_export(args: argparse.Namespace) -> int:
     if not args.no_latency:
         for batch, ms in latency(args.onnx, shape).items():
             print(f"CPU latency, batch {batch}: {ms:.2f} ms ({1000.0 * batch / ms:.0f} images/s)")
+    return 0
+
+
+def calibration_sample(splits: Any, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` training images drawn with ``seed``, normalised as in training but without
+    augmentation, and their labels: what int8 activation ranges are calibrated on."""
+    from mhkd.data import normalize
+
+    if count < 1:
+        raise ValueError(f"--calibration-images must be at least 1, got {count}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = splits.train.select(torch.randperm(len(splits.train), generator=generator)[:count])
+    return normalize(chosen.images, splits.mean, splits.std), chosen.labels
+
+
+def compare_graphs(
+    paths: Sequence[str | Path], images: Any, labels: Any, timed: bool = True
+) -> list[dict[str, Any]]:
+    """Test accuracy (%), file size (bytes) and latency (ms by batch) of each ONNX graph."""
+    images, labels = quantize.calibration_arrays((images, labels), tuple(images.shape[1:]))
+    rows = []
+    for path in paths:
+        rows.append({
+            "path": str(path), "accuracy": quantize.accuracy(path, images, labels),
+            "bytes": Path(path).stat().st_size,
+            "latency_ms": latency(path, images.shape[1:]) if timed else {},
+        })  # fmt: skip
+    return rows
+
+
+def _int8_data(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
+    """The checkpoint's data set (``--data`` overrides), at the size it was trained at."""
+    from mhkd import checkpoint, data
+
+    name = args.data or meta.get("data")
+    if not name:
+        raise ValueError("the checkpoint does not say its data set; pass --data")
+    splits = data.load(name, root=args.data_dir)
+    if not getattr(splits, "resident", True):
+        raise ValueError(f"--int8 calibrates and tests on a data set held in memory; {name} is not")
+    state = checkpoint.read_state(args.checkpoint)
+    trained = state.get("input_shape") if isinstance(state, dict) else None
+    if trained and tuple(trained) != splits.input_shape:
+        splits = data.load(name, root=args.data_dir, image_size=trained[-1])
+    return splits
+
+
+def _run_export_int8(args: argparse.Namespace) -> int:
+    from mhkd import checkpoint
+    from mhkd.data import normalize
+    from mhkd.pipelines.training import check_classes
+
+    model, meta = checkpoint.load_model(args.checkpoint, arch=args.arch)
+    splits = _int8_data(args, meta)
+    check_classes(model, splits.num_classes, "checkpoint's model")
+    calibration = calibration_sample(splits, args.calibration_images, args.seed)
+    keep = [op.strip() for op in args.keep_float.split(",") if op.strip()]
+    diff = to_onnx(
+        model, args.onnx, splits.input_shape, metadata=_metadata(meta), int8=True,
+        calibration=calibration, keep_float=keep, overwrite=args.overwrite,
+    )  # fmt: skip
+    int8_file = quantize.int8_path(args.onnx)
+    test = normalize(splits.test.images, splits.mean, splits.std)
+    rows = compare_graphs([args.onnx, int8_file], test, splits.test.labels, not args.no_latency)
+    print(
+        f"{args.onnx}: onnxruntime matches PyTorch (max abs diff {diff:.2g}); {int8_file}: int8 "
+        f"QDQ, calibrated on {len(calibration[0])} {splits.name} training images (seed {args.seed})"
+    )
+    print(f"{'':<24}{'float32':>12}{'int8':>12}")
+    print(
+        f"{f'test accuracy ({len(test)})':<24}" + "".join(f"{r['accuracy']:>11.2f}%" for r in rows)
+    )
+    print(f"{'file size':<24}" + "".join(f"{r['bytes'] / 1e6:>9.3f} MB" for r in rows))
+    for batch in rows[0]["latency_ms"]:
+        cells = "".join(f"{r['latency_ms'][batch]:>9.3f} ms" for r in rows)
+        print(f"{f'CPU latency, batch {batch}':<24}{cells}")
+    drop = rows[0]["accuracy"] - rows[1]["accuracy"]
+    if drop > args.max_drop:
+        print(
+            f"mhkd: int8 test accuracy is {drop:.2f} points below float32 (more than --max-drop "
+            f"{args.max_drop:g}); {int8_file} is written, but check it before deploying",
+            file=sys.stderr,
+        )
+        return 1
     return 0
