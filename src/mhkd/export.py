@@ -312,18 +312,6 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibration_sample(splits: Any, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` training images drawn with ``seed``, normalised as in training but without
-    augmentation, and their labels: what int8 activation ranges are calibrated on."""
-    from mhkd.data import normalize
-
-    if count < 1:
-        raise ValueError(f"--calibration-images must be at least 1, got {count}")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = splits.train.select(torch.randperm(len(splits.train), generator=generator)[:count])
-    return normalize(chosen.images, splits.mean, splits.std), chosen.labels
-
-
 def compare_graphs(
     paths: Sequence[str | Path], images: Any, labels: Any, timed: bool = True
 ) -> list[dict[str, Any]]:
@@ -339,58 +327,87 @@ def compare_graphs(
     return rows
 
 
-def _int8_data(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
-    """The checkpoint's data set (``--data`` overrides), at the size it was trained at."""
+def _int8_data(ckpt: str | Path, name: str | None, root: str | None) -> Any:
+    """The checkpoint's data set (``name`` overrides), at the size it was trained at."""
     from mhkd import checkpoint, data
 
-    name = args.data or meta.get("data")
     if not name:
         raise ValueError("the checkpoint does not say its data set; pass --data")
-    splits = data.load(name, root=args.data_dir)
+    splits = data.load(name, root=root)
     if not getattr(splits, "resident", True):
         raise ValueError(f"--int8 calibrates and tests on a data set held in memory; {name} is not")
-    state = checkpoint.read_state(args.checkpoint)
-    trained = state.get("input_shape") if isinstance(state, dict) else None
+    state = checkpoint.read_state(ckpt)
+    trained = state.get("input_shape")
     if trained and tuple(trained) != splits.input_shape:
-        splits = data.load(name, root=args.data_dir, image_size=trained[-1])
+        splits = data.load(name, root=root, image_size=trained[-1])
     return splits
 
 
-def _run_export_int8(args: argparse.Namespace) -> int:
+def export_int8(
+    ckpt: str | Path,
+    onnx_path: str | Path,
+    *,
+    arch: str | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    calibration_images: int = 300,
+    seed: int = 0,
+    keep_float: Sequence[str] = (),
+    overwrite: bool = False,
+    timed: bool = True,
+) -> dict[str, Any]:
+    """Export a checkpoint's student as float32 and int8 ONNX graphs and compare them on its
+    data set's test split: ``{"diff", "data", "calibration_images", "graphs": [float, int8]}``
+    with each graph's ``path``, ``accuracy``, ``bytes``, ``latency_ms``."""
     from mhkd import checkpoint
     from mhkd.data import normalize
     from mhkd.pipelines.training import check_classes
 
-    model, meta = checkpoint.load_model(args.checkpoint, arch=args.arch)
-    splits = _int8_data(args, meta)
+    model, meta = checkpoint.load_model(ckpt, arch=arch)
+    splits = _int8_data(ckpt, data or meta.get("data"), data_dir)
     check_classes(model, splits.num_classes, "checkpoint's model")
-    calibration = calibration_sample(splits, args.calibration_images, args.seed)
-    keep = [op.strip() for op in args.keep_float.split(",") if op.strip()]
+    calibration = quantize.calibration_sample(splits, calibration_images, seed)
     diff = to_onnx(
-        model, args.onnx, splits.input_shape, metadata=_metadata(meta), int8=True,
-        calibration=calibration, keep_float=keep, overwrite=args.overwrite,
+        model, onnx_path, splits.input_shape, metadata=_metadata(meta), int8=True,
+        calibration=calibration, keep_float=keep_float, overwrite=overwrite,
     )  # fmt: skip
-    int8_file = quantize.int8_path(args.onnx)
     test = normalize(splits.test.images, splits.mean, splits.std)
-    rows = compare_graphs([args.onnx, int8_file], test, splits.test.labels, not args.no_latency)
+    paths = [onnx_path, quantize.int8_path(onnx_path)]
+    return {"diff": diff, "data": splits.name, "calibration_images": len(calibration[0]),
+            "graphs": compare_graphs(paths, test, splits.test.labels, timed)}  # fmt: skip
+
+
+def print_int8(report: dict[str, Any], max_drop: float) -> int:
+    """Print float32 and int8 side by side; 1 (and why, on stderr) when int8 drops more than
+    ``max_drop`` points of test accuracy, else 0."""
+    rows = report["graphs"]
     print(
-        f"{args.onnx}: onnxruntime matches PyTorch (max abs diff {diff:.2g}); {int8_file}: int8 "
-        f"QDQ, calibrated on {len(calibration[0])} {splits.name} training images (seed {args.seed})"
+        f"{rows[0]['path']}: onnxruntime matches PyTorch (max abs diff {report['diff']:.2g}); "
+        f"{rows[1]['path']}: int8 QDQ, activations calibrated on {report['calibration_images']} "
+        f"{report['data']} training images"
     )
     print(f"{'':<24}{'float32':>12}{'int8':>12}")
-    print(
-        f"{f'test accuracy ({len(test)})':<24}" + "".join(f"{r['accuracy']:>11.2f}%" for r in rows)
-    )
+    print(f"{'test accuracy':<24}" + "".join(f"{r['accuracy']:>11.2f}%" for r in rows))
     print(f"{'file size':<24}" + "".join(f"{r['bytes'] / 1e6:>9.3f} MB" for r in rows))
     for batch in rows[0]["latency_ms"]:
         cells = "".join(f"{r['latency_ms'][batch]:>9.3f} ms" for r in rows)
         print(f"{f'CPU latency, batch {batch}':<24}{cells}")
     drop = rows[0]["accuracy"] - rows[1]["accuracy"]
-    if drop > args.max_drop:
+    if drop > max_drop:
         print(
             f"mhkd: int8 test accuracy is {drop:.2f} points below float32 (more than --max-drop "
-            f"{args.max_drop:g}); {int8_file} is written, but check it before deploying",
+            f"{max_drop:g}); {rows[1]['path']} is written, but check it before deploying",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _run_export_int8(args: argparse.Namespace) -> int:
+    report = export_int8(
+        args.checkpoint, args.onnx, arch=args.arch, data=args.data, data_dir=args.data_dir,
+        calibration_images=args.calibration_images, seed=args.seed,
+        keep_float=[op.strip() for op in args.keep_float.split(",") if op.strip()],
+        overwrite=args.overwrite, timed=not args.no_latency,
+    )  # fmt: skip
+    return print_int8(report, args.max_drop)

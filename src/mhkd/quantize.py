@@ -131,6 +131,20 @@ def _reader(images: np.ndarray, batch_size: int) -> Any:
     return Reader()
 
 
+def calibration_sample(splits: Any, count: int, seed: int = 0) -> tuple[Any, Any]:
+    """``count`` training images of resident ``splits`` drawn with ``seed``, normalised as in
+    training but without augmentation, and their labels: what int8 ranges are calibrated on."""
+    import torch
+
+    from mhkd.data import normalize
+
+    if count < 1:
+        raise QuantizeError(f"--calibration-images must be at least 1, got {count}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = splits.train.select(torch.randperm(len(splits.train), generator=generator)[:count])
+    return normalize(chosen.images, splits.mean, splits.std), chosen.labels
+
+
 def predict(path: str | Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of the ONNX graph ``path`` for ``images`` (CPU execution provider)."""
     import onnxruntime
