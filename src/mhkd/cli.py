@@ -361,6 +361,7 @@ def _add_qat_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="RUN", help="a finished mhkd train/distill run folder")
     parser.add_argument("--out", help="run directory of the stage (default: RUN/qat)")
+    parser.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint (default: RUN's)")
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (cosine)")
     parser.add_argument("--lr", type=float, default=0.005, help="initial learning rate")
     parser.add_argument("--calibration-images", type=int, default=300, metavar="N",
@@ -383,7 +384,7 @@ def _run_qat(args: argparse.Namespace) -> int:
     from mhkd.export import export_int8, print_int8
     from mhkd.pipelines.qat import qat_config, run_qat
 
-    config = qat_config(args.source, args.epochs, args.lr, args.quiet)
+    config = qat_config(args.source, args.epochs, args.lr, args.quiet, args.teacher)
     out = Path(args.out or Path(args.source) / "qat")
     summary = run_qat(config, out, calibration_images=args.calibration_images,
                       resume=args.resume, overwrite=args.overwrite)  # fmt: skip

@@ -50,9 +50,16 @@ class QuantAwareStep:
 
 
 def qat_config(
-    source: str | Path, epochs: int = 5, lr: float = 0.005, quiet: bool = False
+    source: str | Path,
+    epochs: int = 5,
+    lr: float = 0.005,
+    quiet: bool = False,
+    teacher: str | Path | None = None,
 ) -> cfg.RunConfig:
-    """RUN's configuration with its best student as the student, and the fine-tuning schedule."""
+    """RUN's configuration with its best student as the student, and the fine-tuning schedule.
+
+    ``teacher`` replaces RUN's (a pruning run's fine-tuning names none: its teachers were
+    modules, the pruned original's assistants)."""
     source = Path(source)
     best = source / "checkpoints" / "best.pt"
     if not best.is_file():
@@ -69,6 +76,8 @@ def qat_config(
     tree["optim"]["lr"] = lr
     tree["runtime"].update(teacher_cache=None, quiet=quiet)
     tree["aux"] = {"mode": "none"}
+    if teacher is not None:
+        tree["models"]["teacher"] = str(teacher)
     return cfg.build(tree, str(source / "config.yaml"))
 
 
