@@ -370,6 +370,8 @@ def _add_qat_command(commands: argparse._SubParsersAction) -> None:
                         "the int8 one beside it, .int8.onnx)")  # fmt: skip
     parser.add_argument("--keep-float", default="", metavar="OP[,OP]",
                         help="ONNX operators left in float")  # fmt: skip
+    parser.add_argument("--full-range", action="store_true",
+                        help="8-bit weights (default 7, see mhkd export --help)")  # fmt: skip
     parser.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                         help="exit non-zero when int8 is more than this below float32")  # fmt: skip
     parser.add_argument("--no-latency", action="store_true", help="skip the latency timing")
@@ -387,14 +389,15 @@ def _run_qat(args: argparse.Namespace) -> int:
     config = qat_config(args.source, args.epochs, args.lr, args.quiet, args.teacher)
     out = Path(args.out or Path(args.source) / "qat")
     summary = run_qat(config, out, calibration_images=args.calibration_images,
-                      resume=args.resume, overwrite=args.overwrite)  # fmt: skip
+                      reduce_range=not args.full_range, resume=args.resume,
+                      overwrite=args.overwrite)  # fmt: skip
     print(f"simulated int8 test accuracy {summary['test_acc']:.2f}% "
           f"(best {summary['best_test_acc']:.2f}%) -> {out}")  # fmt: skip
     report = export_int8(
         out / "checkpoints" / "best.pt", args.onnx or out / "student.onnx",
         calibration_images=args.calibration_images, seed=config.runtime.seed,
         keep_float=[op.strip() for op in args.keep_float.split(",") if op.strip()],
-        overwrite=args.overwrite, timed=not args.no_latency,
+        reduce_range=not args.full_range, overwrite=args.overwrite, timed=not args.no_latency,
     )  # fmt: skip
     return print_int8(report, args.max_drop)
 

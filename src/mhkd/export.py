@@ -91,6 +91,7 @@ def to_onnx(
     int8: bool = False,
     calibration: Any = None,
     keep_float: Sequence[str] = (),
+    reduce_range: bool = True,
     overwrite: bool = False,
 ) -> float:
     """Export ``model`` (inputs ``(batch, *input_shape)``, batch dynamic) and check it.
@@ -101,8 +102,8 @@ def to_onnx(
     ``metadata`` is stored in the ONNX file's ``metadata_props`` (values JSON-encoded).
     ``int8``: also write :func:`mhkd.quantize.int8_path` of ``path``, calibrated on
     ``calibration`` (normalised images, or (images, labels); see :func:`mhkd.quantize.quantize`,
-    which ``keep_float`` is passed to). An existing file is replaced only if mhkd wrote it,
-    or with ``overwrite``.
+    which ``keep_float`` and ``reduce_range`` are passed to). An existing file is replaced only
+    if mhkd wrote it, or with ``overwrite``.
     """
     onnx, _ = _onnx_modules()
     path = Path(path)
@@ -140,7 +141,9 @@ def to_onnx(
     onnx.save(graph, str(path))
     diff = check(net, path, input_shape, seed=seed)
     if int8:
-        quantize.quantize(path, targets[1], calibration, keep_float=keep_float)
+        quantize.quantize(
+            path, targets[1], calibration, keep_float=keep_float, reduce_range=reduce_range
+        )
     return diff
 
 
@@ -279,6 +282,9 @@ def _add_int8_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-float", default="", metavar="OP[,OP]",
                        help="ONNX operators left in float (e.g. Gemm, or one that does not "
                        "quantize)")  # fmt: skip
+    group.add_argument("--full-range", action="store_true",
+                       help="8-bit weights (default 7: ONNX Runtime's int8 kernels saturate "
+                       "with 8 on x86 CPUs without VNNI); for VNNI/AMX CPUs and NPUs")  # fmt: skip
     group.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                        help="exit non-zero when int8 test accuracy is more than this below "
                        "float32's (the int8 file is still written)")  # fmt: skip
@@ -353,6 +359,7 @@ def export_int8(
     calibration_images: int = 300,
     seed: int = 0,
     keep_float: Sequence[str] = (),
+    reduce_range: bool = True,
     overwrite: bool = False,
     timed: bool = True,
 ) -> dict[str, Any]:
@@ -369,7 +376,8 @@ def export_int8(
     calibration = quantize.calibration_sample(splits, calibration_images, seed)
     diff = to_onnx(
         model, onnx_path, splits.input_shape, metadata=_metadata(meta), int8=True,
-        calibration=calibration, keep_float=keep_float, overwrite=overwrite,
+        calibration=calibration, keep_float=keep_float, reduce_range=reduce_range,
+        overwrite=overwrite,
     )  # fmt: skip
     test = normalize(splits.test.images, splits.mean, splits.std)
     paths = [onnx_path, quantize.int8_path(onnx_path)]
@@ -408,6 +416,6 @@ def _run_export_int8(args: argparse.Namespace) -> int:
         args.checkpoint, args.onnx, arch=args.arch, data=args.data, data_dir=args.data_dir,
         calibration_images=args.calibration_images, seed=args.seed,
         keep_float=[op.strip() for op in args.keep_float.split(",") if op.strip()],
-        overwrite=args.overwrite, timed=not args.no_latency,
+        reduce_range=not args.full_range, overwrite=args.overwrite, timed=not args.no_latency,
     )  # fmt: skip
     return print_int8(report, args.max_drop)

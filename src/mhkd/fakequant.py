@@ -1,7 +1,8 @@
 """Simulated int8 (fake quantization) on a model's convolutions and linear layers, for
 quantization-aware training that ends in :mod:`mhkd.quantize`'s ONNX Runtime graph.
 
-The simulation mirrors that graph: weights int8 symmetric per output channel ([-127, 127]),
+The simulation mirrors that graph: weights int8 symmetric per output channel ([-64, 64], the
+exporter's 7-bit default, or [-127, 127]),
 each layer's input int8 asymmetric per tensor at the MinMax range of a calibration sample, both
 rounded with torch's ``fake_quantize_per_channel_affine`` / ``fake_quantize_per_tensor_affine``
 (straight-through gradients inside the range). Per-channel symmetric scales make quantizing a
@@ -17,6 +18,10 @@ torchao; torchao's QAT targets linear layers and PT2E graphs lowered to Inductor
 int8 file; NNCF would add a dozen dependencies. The exported graph's scales come from ONNX
 Runtime's own calibration either way, so the only thing training must learn is weights that
 survive its rounding, which these operators give directly.
+
+Not simulated: the roundings ONNX Runtime adds between the layers' inputs (the logits, the
+tensor before global pooling, residual additions' outputs); they are the smaller part of
+the int8 error (see tests/test_int8.py).
 """
 
 from __future__ import annotations
@@ -27,16 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-WEIGHT_QMAX = 127
+#: Largest weight integer with 8 and with 7 bits (ONNX Runtime's ``reduce_range``).
+WEIGHT_QMAX, REDUCED_QMAX = 127, 64
 ACT_QMIN, ACT_QMAX = -128, 127
 
 
-def fake_quant_weight(weight: Tensor) -> Tensor:
-    """``weight`` rounded to int8 symmetric per output channel (axis 0), in float."""
+def fake_quant_weight(weight: Tensor, qmax: int = WEIGHT_QMAX) -> Tensor:
+    """``weight`` rounded to [-qmax, qmax] symmetric per output channel (axis 0), in float."""
     absmax = weight.detach().abs().flatten(1).amax(1).clamp_min(1e-8)
-    scale = (absmax / WEIGHT_QMAX).float()
+    scale = (absmax / qmax).float()
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
 
 
 def activation_qparams(low: float, high: float) -> tuple[float, int]:
@@ -53,9 +59,11 @@ class QuantSim:
     It replaces those layers' ``forward`` on the instances only: parameters, state-dict keys
     and forward hooks (the methods' taps) are untouched, so checkpoints load into the bare
     model. Inputs are quantized once :meth:`calibrate` has given their ranges.
+    ``reduce_range``: 7-bit weights, as the exporter writes them by default.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, reduce_range: bool = True):
+        self.qmax = REDUCED_QMAX if reduce_range else WEIGHT_QMAX
         self.layers = {
             name: module
             for name, module in model.named_modules()
@@ -74,7 +82,7 @@ class QuantSim:
             if name in self.ranges:
                 scale, zero = self.ranges[name]
                 x = torch.fake_quantize_per_tensor_affine(x, scale, zero, ACT_QMIN, ACT_QMAX)
-            weight = fake_quant_weight(weight)
+            weight = fake_quant_weight(weight, self.qmax)
         if isinstance(layer, nn.Conv2d):
             return layer._conv_forward(x, weight, layer.bias)
         return F.linear(x, weight, layer.bias)

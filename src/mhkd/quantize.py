@@ -4,10 +4,15 @@ QDQ format (QuantizeLinear/DequantizeLinear pairs, which ONNX Runtime fuses into
 and which every other ONNX backend can read), weights int8 symmetric per output channel,
 activations int8 per tensor (asymmetric) with MinMax ranges calibrated on images the caller
 gives (the CLI gives a seeded sample of the checkpoint's own training images, preprocessed as
-in training without augmentation). Activations are int8 (S8S8, ONNX Runtime's default), not
-uint8: on an AVX2 CPU without VNNI, U8S8 kernels multiply with ``vpmaddubsw``, whose 16-bit
-sums saturate, and per-channel U8S8 took a digits resnet8 from 91.1% to 78.7% where S8S8 kept
-91.3% (benchmarks/study_int8.py's machine).
+in training without augmentation).
+
+Weights use 7 bits ([-64, 64], ONNX Runtime's ``reduce_range``) unless ``reduce_range=False``:
+on x86 CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime's int8 convolutions multiply uint8 by
+int8 with ``vpmaddubsw``, whose pairwise 16-bit sums saturate with full-range weights. On the
+AMD EPYC (AVX2) this was written on, a small digits CNN's fused int8 logits were 0.15 away
+(mean) from the graph's own QDQ arithmetic with 8-bit weights and exactly equal with 7-bit
+ones; uint8 activations made it worse (a resnet8 fell from 91.1% to 78.7%). Full range is for
+CPUs with VNNI/AMX and for NPUs.
 
 ONNX Runtime silently leaves an operator it cannot quantize in float, so an int8 file could be
 mostly float without anyone knowing: :func:`unquantizable` names such operators and
@@ -172,6 +177,7 @@ def quantize(
     calibration: Any,
     *,
     keep_float: Sequence[str] = (),
+    reduce_range: bool = True,
     batch_size: int = 64,
 ) -> Path:
     """Write the int8 QDQ graph of ``float_path`` to ``out``, calibrated on ``calibration``.
@@ -179,6 +185,7 @@ def quantize(
     ``calibration``: normalised images N×C×H×W (numpy or torch), or (images, labels) whose
     labels are checked against the graph's class count. Operators named in ``keep_float``
     stay float; any other operator that would stay float is refused, by name.
+    ``reduce_range``: 7-bit weights (see the module docstring).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -201,7 +208,7 @@ def quantize(
     try:
         quantize_static(
             str(float_path), str(temp), _reader(images, batch_size),
-            quant_format=QuantFormat.QDQ, per_channel=True,
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=[n.name for n in graph.graph.node if n.op_type in set(keep_float)],
@@ -209,7 +216,8 @@ def quantize(
         quantized = onnx.load(str(temp))
         props = {p.key: p.value for p in graph.metadata_props}  # mhkd.exporter ...
         props["mhkd.int8"] = json.dumps({
-            "format": "QDQ", "weights": "int8 per channel", "calibration_images": len(images),
+            "format": "QDQ", "calibration_images": len(images),
+            "weights": f"int8 per channel, {'7' if reduce_range else '8'} bits",
             "activations": "int8 per tensor, MinMax", "keep_float": sorted(keep_float),
         })  # fmt: skip
         del quantized.metadata_props[:]

@@ -81,24 +81,34 @@ def qat_config(
     return cfg.build(tree, str(source / "config.yaml"))
 
 
-def run_qat(
+def build_qat(
     config: cfg.RunConfig,
     out: str | Path,
     *,
     calibration_images: int = 300,
-    resume: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Fine-tune ``config``'s student under simulated int8 into ``out``; returns the summary."""
-    run = TrainingRun(
-        config, out, resume=resume, overwrite=overwrite,
-        extra_config={"qat": {"calibration_images": calibration_images}},
-    )  # fmt: skip
-    sim = QuantSim(run.student)
+    reduce_range: bool = True,
+    **options: Any,
+) -> TrainingRun:
+    """The stage as a built :class:`TrainingRun` whose student runs under simulated int8
+    (``run.sim``; call ``run.sim.remove()`` when done) with 7-bit weights unless not
+    ``reduce_range`` (as the int8 export will write them); ``options`` as ``TrainingRun``'s."""
+    bits = 7 if reduce_range else 8
+    facts = {"qat": {"calibration_images": calibration_images, "weight_bits": bits}}
+    run = TrainingRun(config, out, extra_config=facts, **options)
     try:
+        run.sim = QuantSim(run.student, reduce_range)
         images, _ = calibration_sample(run.splits, calibration_images, config.runtime.seed)
-        run.loop.step = QuantAwareStep(run.step, sim, images.to(run.device))
+        run.loop.step = QuantAwareStep(run.step, run.sim, images.to(run.device))
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+def run_qat(config: cfg.RunConfig, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Build and fit the stage (see :func:`build_qat`); returns its summary."""
+    run = build_qat(config, out, **options)
+    try:
         return run.fit()
     finally:
-        sim.remove()
-        run.close()
+        run.sim.remove()
