@@ -8,16 +8,16 @@ in training without augmentation).
 
 Weights use 7 bits ([-64, 64], ONNX Runtime's ``reduce_range``) unless ``reduce_range=False``:
 on x86 CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime's int8 convolutions multiply uint8 by
-int8 with ``vpmaddubsw``, whose pairwise 16-bit sums saturate with full-range weights. On the
-AMD EPYC (AVX2) this was written on, a small digits CNN's fused int8 logits were 0.15 away
-(mean) from the graph's own QDQ arithmetic with 8-bit weights and exactly equal with 7-bit
-ones; uint8 activations made it worse (a resnet8 fell from 91.1% to 78.7%). Full range is for
-CPUs with VNNI/AMX and for NPUs.
+int8 with ``vpmaddubsw``, whose pairwise 16-bit sums saturate with full-range weights, so the
+fused kernels' logits drift from the graph's own QDQ arithmetic; with 7 bits they match it
+(``benchmarks/study_int8.py`` measures both on its CPU). Activations are int8, not uint8, for
+the same reason. Full range is for CPUs with VNNI/AMX and for NPUs.
 
 ONNX Runtime silently leaves an operator it cannot quantize in float, so an int8 file could be
 mostly float without anyone knowing: :func:`unquantizable` names such operators and
 :func:`quantize` refuses them unless the caller keeps them in float on purpose (``keep_float``).
-The module needs only onnx, onnxruntime and numpy; ``mhkd.export`` and the CLI sit above it.
+It sits beside ``data/`` (it reads a calibration sample from it); ``mhkd.export``, the QAT
+pipeline and the CLI sit above it.
 """
 
 from __future__ import annotations
