@@ -263,7 +263,7 @@ def add_export_command(subparsers: Any) -> None:
 
 def _add_int8_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "int8", "post-training static quantization (QDQ, per-channel int8 weights, uint8 "
+        "int8", "post-training static quantization (QDQ, per-channel int8 weights, int8 "
         "activations calibrated on the checkpoint's own training images)",
     )  # fmt: skip
     group.add_argument("--int8", action="store_true",
