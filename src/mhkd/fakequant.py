@@ -81,7 +81,9 @@ class QuantSim:
         if self.active:
             if name in self.ranges:
                 scale, zero = self.ranges[name]
-                x = torch.fake_quantize_per_tensor_affine(x, scale, zero, ACT_QMIN, ACT_QMAX)
+                x = torch.fake_quantize_per_tensor_affine(  # float32: autocast runs bf16
+                    x.float(), scale, zero, ACT_QMIN, ACT_QMAX
+                ).to(x.dtype)
             weight = fake_quant_weight(weight, self.qmax)
         if isinstance(layer, nn.Conv2d):
             return layer._conv_forward(x, weight, layer.bias)
