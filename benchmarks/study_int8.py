@@ -274,7 +274,8 @@ def main() -> None:
     wanted += [(PRUNED, min(args.seeds))] if args.pruned else []
     tasks = [(args, s, seed) for s, seed in wanted if (s, seed) not in done]
     run_study(args, train_teacher, [TEACHER], job, tasks, ("student", "seed"), table)
-    students = list(dict.fromkeys(s for s, _ in wanted))
+    recorded = [r["student"] for r in load_records(args.jsonl)]  # earlier commands' too
+    students = list(dict.fromkeys(recorded + [s for s, _ in wanted]))
     teachers = {TEACHER: train_teacher(args, TEACHER)}
     extras = time_graphs(args, students), weight_bits(args, students)
     text = table(args, load_records(args.jsonl), teachers, *extras)
