@@ -216,3 +216,18 @@ def test_qat_stage_resumes_exactly_and_keeps_the_teacher(runs: Path, tmp_path: P
     # best.pt is a bare student: it exports like any other
     assert main(["export", str(tmp_path / "whole" / "checkpoints" / "best.pt"),
                  "--onnx", str(tmp_path / "q.onnx"), "--int8", "--no-latency"]) == 0  # fmt: skip
+
+
+def test_cli_qat_runs_the_stage_and_exports_both_graphs(runs: Path, tmp_path: Path, capsys):
+    out, taken = tmp_path / "qat", tmp_path / "notes.txt"
+    taken.write_text("mine")
+    argv = ["qat", str(runs / "kd"), "--out", str(out), "--epochs", "1", "--quiet"]
+    line = error_line(capsys, [*argv, "--onnx", str(taken)])
+    assert "refusing to overwrite" in line and not out.exists()  # before any training
+    argv += ["--calibration-images", "64", "--no-latency", "--max-drop", "100"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "simulated int8 test accuracy" in printed and "test accuracy" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "kd" and summary["teacher"] == "resnet8" and summary["epochs"] == 1
+    assert (out / "student.onnx").is_file() and (out / "student.int8.onnx").is_file()

@@ -385,16 +385,20 @@ def _add_qat_command(commands: argparse._SubParsersAction) -> None:
 def _run_qat(args: argparse.Namespace) -> int:
     from mhkd.export import export_int8, print_int8
     from mhkd.pipelines.qat import qat_config, run_qat
+    from mhkd.quantize import check_writable, int8_path
 
     config = qat_config(args.source, args.epochs, args.lr, args.quiet, args.teacher)
     out = Path(args.out or Path(args.source) / "qat")
+    onnx_file = Path(args.onnx or out / "student.onnx")
+    for target in (onnx_file, int8_path(onnx_file)):  # refused before training, not after
+        check_writable(target, args.overwrite)
     summary = run_qat(config, out, calibration_images=args.calibration_images,
                       reduce_range=not args.full_range, resume=args.resume,
                       overwrite=args.overwrite)  # fmt: skip
     print(f"simulated int8 test accuracy {summary['test_acc']:.2f}% "
           f"(best {summary['best_test_acc']:.2f}%) -> {out}")  # fmt: skip
     report = export_int8(
-        out / "checkpoints" / "best.pt", args.onnx or out / "student.onnx",
+        out / "checkpoints" / "best.pt", onnx_file,
         calibration_images=args.calibration_images, seed=config.runtime.seed,
         keep_float=[op.strip() for op in args.keep_float.split(",") if op.strip()],
         reduce_range=not args.full_range, overwrite=args.overwrite, timed=not args.no_latency,
