@@ -14,8 +14,9 @@ One resnet32 teacher is trained with cross-entropy on digits (seed 0). Per stude
 
 ``--pruned`` adds seed 0's KD resnet8 pruned by ``mhkd prune`` (cascade with one assistant,
 keep 0.5) as one more student, through the same three graphs (its QAT teacher: the resnet32).
-Accuracies are onnxruntime's on the 450 test images (one image = 0.22 points). Latency: after the runs, one process times seed 0's float32 and int8
-graphs of each student with onnxruntime on one thread, interleaved.
+Accuracies are onnxruntime's on the 450 test images (one image = 0.22 points). Latency: after
+the runs, one process times seed 0's float32 and int8 graphs of each student with onnxruntime
+on one thread, interleaved.
 
 Runs go to ``--runs``; every finished (student, seed) is appended to ``--jsonl`` and skipped by
 a rerun, so an interrupted study resumes. The markdown table (``--table``) is rewritten after
