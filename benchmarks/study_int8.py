@@ -186,7 +186,8 @@ def table(
     lines = [
         "# int8 on digits: float32, int8 after training, int8 after quantization-aware KD",
         "",
-        f"Machine: {machine()}, {args.workers} runs at a time. Last command: `{command()}`",
+        f"Machine: {machine()}, {args.workers} runs at a time. Last command (runs of earlier "
+        f"commands are kept in the JSONL): `{command()}`",
         "",
         f"Teacher {TEACHER} (CE, {args.teacher_epochs} epochs, seed 0): test "
         f"{teacher['test_acc']:.2f}. Students: KD from it, {args.epochs} epochs, batch "
