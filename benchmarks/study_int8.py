@@ -267,8 +267,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per graph")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", default="runs/int8")
-    parser.add_argument("--jsonl", type=Path, default=RESULTS / "int8.jsonl")
-    parser.add_argument("--table", type=Path, default=RESULTS / "int8.md")
+    parser.add_argument("--jsonl", type=Path, default=RESULTS / "int8_epyc.jsonl")
+    parser.add_argument("--table", type=Path, default=RESULTS / "int8_epyc.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
