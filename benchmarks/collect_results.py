@@ -33,6 +33,7 @@ SECTIONS = [
     ("Cascaded channel pruning study on digits", ("prune.md",)),
     ("Cascaded pruning at keep 0.1 and 0.05 with a 3× longer schedule", ("prune_long.md",)),
     ("Parity with the reference code", ("parity.md",)),
+    ("int8 on digits: PTQ and quantization-aware KD", ("int8_epyc.md",)),
 ]
 
 PREAMBLE = """# Results

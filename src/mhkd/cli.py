@@ -1,5 +1,5 @@
-"""The ``mhkd`` command line: quickstart, train, distill, recipe, eval, models, prune, report,
-export.
+"""The ``mhkd`` command line: quickstart, train, distill, recipe, eval, models, prune, qat,
+report, export.
 
 Training flags are generated from the configuration tree (:mod:`mhkd.config`): one flag per
 field, method options namespaced as ``--mhkd.beta``. User errors print one line and exit 2
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_command(commands)
     add_export_command(commands)
     _add_prune_command(commands)
+    _add_qat_command(commands)
     return parser
 
 
@@ -346,6 +347,63 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"({100 * summary['macs_kept']:.1f}%) -> {out}"
     )
     return 0
+
+
+# ---- quantization-aware distillation -------------------------------------------------------
+def _add_qat_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "qat",
+        help="fine-tune a distilled student under simulated int8, export float32 and int8 ONNX",
+        description="Quantization-aware distillation after a finished run: RUN's best student "
+        "is fine-tuned with simulated int8 while RUN's teacher keeps teaching with RUN's "
+        "method and weights (a resumable run in --out), then exported as float32 and int8 "
+        "ONNX graphs compared on the test split.",
+    )
+    parser.add_argument("source", metavar="RUN", help="a finished mhkd train/distill run folder")
+    parser.add_argument("--out", help="run directory of the stage (default: RUN/qat)")
+    parser.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint (default: RUN's)")
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (cosine)")
+    parser.add_argument("--lr", type=float, default=0.005, help="initial learning rate")
+    parser.add_argument("--calibration-images", type=int, default=300, metavar="N",
+                        help="training images the int8 ranges are calibrated on")  # fmt: skip
+    parser.add_argument("--onnx", metavar="FILE", help="float graph (default: OUT/student.onnx; "
+                        "the int8 one beside it, .int8.onnx)")  # fmt: skip
+    parser.add_argument("--keep-float", default="", metavar="OP[,OP]",
+                        help="ONNX operators left in float")  # fmt: skip
+    parser.add_argument("--full-range", action="store_true",
+                        help="8-bit weights (default 7, see mhkd export --help)")  # fmt: skip
+    parser.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                        help="exit non-zero when int8 is more than this below float32")  # fmt: skip
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency timing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help="continue the stage in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a stage (and ONNX files) already there")  # fmt: skip
+    parser.set_defaults(run=_run_qat)
+
+
+def _run_qat(args: argparse.Namespace) -> int:
+    from mhkd.export import export_int8, print_int8
+    from mhkd.pipelines.qat import qat_config, run_qat
+    from mhkd.quantize import check_writable, int8_path
+
+    config = qat_config(args.source, args.epochs, args.lr, args.quiet, args.teacher)
+    out = Path(args.out or Path(args.source) / "qat")
+    onnx_file = Path(args.onnx or out / "student.onnx")
+    for target in (onnx_file, int8_path(onnx_file)):  # refused before training, not after
+        check_writable(target, args.overwrite)
+    summary = run_qat(config, out, calibration_images=args.calibration_images,
+                      reduce_range=not args.full_range, resume=args.resume,
+                      overwrite=args.overwrite)  # fmt: skip
+    print(f"simulated int8 test accuracy {summary['test_acc']:.2f}% "
+          f"(best {summary['best_test_acc']:.2f}%) -> {out}")  # fmt: skip
+    report = export_int8(
+        out / "checkpoints" / "best.pt", onnx_file,
+        calibration_images=args.calibration_images, seed=config.runtime.seed,
+        keep_float=[op.strip() for op in args.keep_float.split(",") if op.strip()],
+        reduce_range=not args.full_range, overwrite=args.overwrite, timed=not args.no_latency,
+    )  # fmt: skip
+    return print_int8(report, args.max_drop)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ parts never reach the graph. Weights holding NaN or inf are refused, not exporte
 The TorchScript exporter (``dynamo=False``) is used on purpose: it handles these plain
 convolutional networks with a dynamic batch dimension, is fast, and needs no ``onnxscript``;
 torch's newer ``torch.export`` path would add that dependency for no gain here.
+
+``--int8`` (``to_onnx(..., int8=True, calibration=...)``) also writes ``F.int8.onnx``, the
+graph quantized after training by :mod:`mhkd.quantize`, and compares the two graphs' test
+accuracy, size and latency. Export never replaces a file it did not write (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import copy
 import functools
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from mhkd import __version__, quantize
 
 #: Largest |ONNX - PyTorch| accepted on random inputs.
 TOLERANCE = 1e-4
@@ -81,6 +88,11 @@ def to_onnx(
     opset: int = OPSET,
     metadata: dict[str, Any] | None = None,
     seed: int = 0,
+    int8: bool = False,
+    calibration: Any = None,
+    keep_float: Sequence[str] = (),
+    reduce_range: bool = True,
+    overwrite: bool = False,
 ) -> float:
     """Export ``model`` (inputs ``(batch, *input_shape)``, batch dynamic) and check it.
 
@@ -88,9 +100,18 @@ def to_onnx(
     largest absolute difference between onnxruntime and PyTorch logits over random batches of
     sizes :data:`CHECK_BATCHES`; above :data:`TOLERANCE` it raises :class:`ExportError`.
     ``metadata`` is stored in the ONNX file's ``metadata_props`` (values JSON-encoded).
+    ``int8``: also write :func:`mhkd.quantize.int8_path` of ``path``, calibrated on
+    ``calibration`` (normalised images, or (images, labels); see :func:`mhkd.quantize.quantize`,
+    which ``keep_float`` and ``reduce_range`` are passed to). An existing file is replaced only
+    if mhkd wrote it, or with ``overwrite``.
     """
     onnx, _ = _onnx_modules()
     path = Path(path)
+    targets = [path, quantize.int8_path(path)] if int8 else [path]
+    for target in targets:
+        quantize.check_writable(target, overwrite)
+    if int8:
+        calibration = quantize.calibration_arrays(calibration, input_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
     net.eval()
@@ -114,11 +135,16 @@ def to_onnx(
         raise ExportError(f"cannot export {type(model).__name__} to ONNX: {first}") from None
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
-    for key, value in (metadata or {}).items():
+    for key, value in {"exporter": f"mhkd {__version__}", **(metadata or {})}.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = f"mhkd.{key}", json.dumps(value)
     onnx.save(graph, str(path))
-    return check(net, path, input_shape, seed=seed)
+    diff = check(net, path, input_shape, seed=seed)
+    if int8:
+        quantize.quantize(
+            path, targets[1], calibration, keep_float=keep_float, reduce_range=reduce_range
+        )
+    return diff
 
 
 def _session(path: str | Path) -> Any:
@@ -178,24 +204,27 @@ def export_checkpoint(
     onnx_path: str | Path,
     input_shape: Sequence[int] | None = None,
     arch: str | None = None,
+    **options: Any,
 ) -> tuple[nn.Module, float]:
     """Rebuild the student a checkpoint holds and export it; returns (model, max abs diff).
 
     ``input_shape`` ``None`` is the architecture's own (3x224x224 for the ImageNet networks,
     else 3x32x32). ``arch`` names the architecture of a foreign file whose folder and keys
-    do not.
+    do not; ``options`` go to :func:`to_onnx` (``int8``, ``calibration``, ``overwrite`` ...).
     """
     from mhkd import checkpoint
     from mhkd.models.complexity import default_input_shape
 
     model, meta = checkpoint.load_model(ckpt, arch=arch)
     input_shape = input_shape or default_input_shape(model)
-    metadata = {
-        key: meta[key]
-        for key in ("arch", "data", "num_classes", "test_acc")
-        if meta.get(key) is not None
-    }
-    return model, to_onnx(model, onnx_path, input_shape, metadata=metadata)
+    metadata = _metadata(meta)
+    return model, to_onnx(model, onnx_path, input_shape, metadata=metadata, **options)
+
+
+def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """What of a checkpoint's metadata the ONNX file keeps."""
+    keys = ("arch", "data", "num_classes", "test_acc")
+    return {key: meta[key] for key in keys if meta.get(key) is not None}
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -224,7 +253,41 @@ def add_export_command(subparsers: Any) -> None:
                         "architecture's, 224 for the ImageNet networks, else 32)")  # fmt: skip
     parser.add_argument("--channels", type=int, default=3, help="input channels")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency timing")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing file that mhkd did not export (default: refuse)",
+    )  # fmt: skip
+    _add_int8_flags(parser)
     parser.set_defaults(run=_run_export)
+
+
+def _add_int8_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "int8", "post-training static quantization (QDQ, per-channel int8 weights, int8 "
+        "activations calibrated on the checkpoint's own training images)",
+    )  # fmt: skip
+    group.add_argument("--int8", action="store_true",
+                       help="also write FILE with .int8.onnx and compare both graphs' test "
+                       "accuracy, size and latency (input size: the data set's)")  # fmt: skip
+    group.add_argument("--data", help="data set (default: the one the checkpoint was trained on)")
+    group.add_argument("--data-dir", help="where the data set's files are")
+    group.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        metavar="N",
+        help="training images the activation ranges are calibrated on",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    group.add_argument("--keep-float", default="", metavar="OP[,OP]",
+                       help="ONNX operators left in float (e.g. Gemm, or one that does not "
+                       "quantize)")  # fmt: skip
+    group.add_argument("--full-range", action="store_true",
+                       help="8-bit weights (default 7: ONNX Runtime's int8 kernels saturate "
+                       "with 8 on x86 CPUs without VNNI); for VNNI/AMX CPUs and NPUs")  # fmt: skip
+    group.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                       help="exit non-zero when int8 test accuracy is more than this below "
+                       "float32's (the int8 file is still written)")  # fmt: skip
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -235,9 +298,13 @@ def _run_export(args: argparse.Namespace) -> int:
     check_range("--channels", args.channels, 1, 64)
     if args.image_size is None and args.channels != 3:
         raise ValueError("--channels other than 3 needs --image-size")
+    if args.int8:
+        return _run_export_int8(args)
     size = args.image_size
     shape = (args.channels, size, size) if size else None
-    model, diff = export_checkpoint(args.checkpoint, args.onnx, shape, args.arch)
+    model, diff = export_checkpoint(
+        args.checkpoint, args.onnx, shape, args.arch, overwrite=args.overwrite
+    )
     shape = shape or default_input_shape(model)
     sizes = profile(model, shape)
     print(
@@ -249,3 +316,106 @@ def _run_export(args: argparse.Namespace) -> int:
         for batch, ms in latency(args.onnx, shape).items():
             print(f"CPU latency, batch {batch}: {ms:.2f} ms ({1000.0 * batch / ms:.0f} images/s)")
     return 0
+
+
+def compare_graphs(
+    paths: Sequence[str | Path], images: Any, labels: Any, timed: bool = True
+) -> list[dict[str, Any]]:
+    """Test accuracy (%), file size (bytes) and latency (ms by batch) of each ONNX graph."""
+    images, labels = quantize.calibration_arrays((images, labels), tuple(images.shape[1:]))
+    rows = []
+    for path in paths:
+        rows.append({
+            "path": str(path), "accuracy": quantize.accuracy(path, images, labels),
+            "bytes": Path(path).stat().st_size,
+            "latency_ms": latency(path, images.shape[1:]) if timed else {},
+        })  # fmt: skip
+    return rows
+
+
+def _int8_data(ckpt: str | Path, name: str | None, root: str | None) -> Any:
+    """The checkpoint's data set (``name`` overrides), at the size it was trained at."""
+    from mhkd import checkpoint, data
+
+    if not name:
+        raise ValueError("the checkpoint does not say its data set; pass --data")
+    splits = data.load(name, root=root)
+    if not getattr(splits, "resident", True):
+        raise ValueError(f"--int8 calibrates and tests on a data set held in memory; {name} is not")
+    state = checkpoint.read_state(ckpt)
+    trained = state.get("input_shape")
+    if trained and tuple(trained) != splits.input_shape:
+        splits = data.load(name, root=root, image_size=trained[-1])
+    return splits
+
+
+def export_int8(
+    ckpt: str | Path,
+    onnx_path: str | Path,
+    *,
+    arch: str | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    calibration_images: int = 300,
+    seed: int = 0,
+    keep_float: Sequence[str] = (),
+    reduce_range: bool = True,
+    overwrite: bool = False,
+    timed: bool = True,
+) -> dict[str, Any]:
+    """Export a checkpoint's student as float32 and int8 ONNX graphs and compare them on its
+    data set's test split: ``{"diff", "data", "calibration_images", "graphs": [float, int8]}``
+    with each graph's ``path``, ``accuracy``, ``bytes``, ``latency_ms``."""
+    from mhkd import checkpoint
+    from mhkd.data import normalize
+    from mhkd.pipelines.training import check_classes
+
+    model, meta = checkpoint.load_model(ckpt, arch=arch)
+    splits = _int8_data(ckpt, data or meta.get("data"), data_dir)
+    check_classes(model, splits.num_classes, "checkpoint's model")
+    calibration = quantize.calibration_sample(splits, calibration_images, seed)
+    diff = to_onnx(
+        model, onnx_path, splits.input_shape, metadata=_metadata(meta), int8=True,
+        calibration=calibration, keep_float=keep_float, reduce_range=reduce_range,
+        overwrite=overwrite,
+    )  # fmt: skip
+    test = normalize(splits.test.images, splits.mean, splits.std)
+    paths = [onnx_path, quantize.int8_path(onnx_path)]
+    return {"diff": diff, "data": splits.name, "calibration_images": len(calibration[0]),
+            "graphs": compare_graphs(paths, test, splits.test.labels, timed)}  # fmt: skip
+
+
+def print_int8(report: dict[str, Any], max_drop: float) -> int:
+    """Print float32 and int8 side by side; 1 (and why, on stderr) when int8 drops more than
+    ``max_drop`` points of test accuracy, else 0."""
+    rows = report["graphs"]
+    print(
+        f"{rows[0]['path']}: onnxruntime matches PyTorch (max abs diff {report['diff']:.2g}); "
+        f"{rows[1]['path']}: int8 QDQ, activations calibrated on {report['calibration_images']} "
+        f"{report['data']} training images"
+    )
+    print(f"{'':<24}{'float32':>12}{'int8':>12}")
+    print(f"{'test accuracy':<24}" + "".join(f"{r['accuracy']:>11.2f}%" for r in rows))
+    print(f"{'file size':<24}" + "".join(f"{r['bytes'] / 1e6:>9.3f} MB" for r in rows))
+    for batch in rows[0]["latency_ms"]:
+        cells = "".join(f"{r['latency_ms'][batch]:>9.3f} ms" for r in rows)
+        print(f"{f'CPU latency, batch {batch}':<24}{cells}")
+    drop = rows[0]["accuracy"] - rows[1]["accuracy"]
+    if drop > max_drop:
+        print(
+            f"mhkd: int8 test accuracy is {drop:.2f} points below float32 (more than --max-drop "
+            f"{max_drop:g}); {rows[1]['path']} is written, but check it before deploying",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _run_export_int8(args: argparse.Namespace) -> int:
+    report = export_int8(
+        args.checkpoint, args.onnx, arch=args.arch, data=args.data, data_dir=args.data_dir,
+        calibration_images=args.calibration_images, seed=args.seed,
+        keep_float=[op.strip() for op in args.keep_float.split(",") if op.strip()],
+        reduce_range=not args.full_range, overwrite=args.overwrite, timed=not args.no_latency,
+    )  # fmt: skip
+    return print_int8(report, args.max_drop)
