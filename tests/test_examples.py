@@ -124,7 +124,9 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
         "distill": [*CLI_FAST, *small_heads],
         "recipe": [*CLI_FAST, *small_heads],
         "eval": ["--device", "cpu"],
-        "export": ["--image-size", "16"],
+        "export": ["--image-size", "16", "--max-drop", "100"],  # one epoch: int8 may lose it
+        "qat": ["--epochs", "1", "--max-drop", "100", "--calibration-images", "16",
+                "--no-latency", "--quiet"],  # fmt: skip
     }
     ran = []
     for words in tour_commands():
@@ -138,7 +140,7 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
             assert main([*argv, *overrides.get(argv[0], [])]) == 0, words
             ran.append(argv[0])
     assert ran == ["quickstart", "train", "recipe", "train", "distill", "distill", "eval",
-                   "example", "report", "export", "distill", "distill"]  # fmt: skip
+                   "example", "report", "export", "export", "qat", "distill", "distill"]  # fmt: skip
     printed = capsys.readouterr().out
     assert "CPU latency, batch 64" in printed
     rows = [line.split("  ")[0] for line in printed.splitlines()]
