@@ -140,7 +140,8 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
             assert main([*argv, *overrides.get(argv[0], [])]) == 0, words
             ran.append(argv[0])
     assert ran == ["quickstart", "train", "recipe", "train", "distill", "distill", "eval",
-                   "example", "report", "export", "export", "qat", "distill", "distill"]  # fmt: skip
+                   "example", "report", "export", "export", "qat",
+                   "distill", "distill"]  # fmt: skip
     printed = capsys.readouterr().out
     assert "CPU latency, batch 64" in printed
     rows = [line.split("  ")[0] for line in printed.splitlines()]
