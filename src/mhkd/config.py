@@ -113,7 +113,8 @@ class ScheduleConfig:
     def resolved_milestones(self) -> list[int]:
         if self.milestones is not None:
             return list(self.milestones)
-        return [max(1, round(self.epochs * f)) for f in PAPER_MILESTONE_FRACTIONS]
+        # a short run's fractions can round onto one epoch: decay there once, not twice
+        return sorted({max(1, round(self.epochs * f)) for f in PAPER_MILESTONE_FRACTIONS})
 
 
 @dataclass
@@ -260,6 +261,13 @@ def validate(config: RunConfig) -> None:
             (
                 all(a < b for a, b in zip([0, *m], m, strict=False)),
                 f"--milestones must be increasing positive epochs, got {m}",
+            )
+        )
+        checks.append(
+            (
+                s.kind == "cosine" or m[-1] <= s.epochs,
+                f"--milestones {','.join(map(str, m))} lie beyond --epochs {s.epochs}: the lr "
+                "would never decay there; give --milestones for the shorter run",
             )
         )
     for ok, message in checks:
