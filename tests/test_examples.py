@@ -125,8 +125,16 @@ def test_tour_commands_run_end_to_end(tmp_path, monkeypatch, shrunken_data, caps
         "recipe": [*CLI_FAST, "--milestones", "1", *small_heads],
         "eval": ["--device", "cpu"],
         "export": ["--image-size", "16", "--max-drop", "100"],  # one epoch: int8 may lose it
-        "qat": ["--epochs", "1", "--max-drop", "100", "--calibration-images", "16",
-                "--no-latency", "--quiet"],  # fmt: skip
+        "qat": [
+            "--epochs",
+            "1",
+            "--max-drop",
+            "100",
+            "--calibration-images",
+            "16",
+            "--no-latency",
+            "--quiet",
+        ],  # fmt: skip
     }
     ran = []
     for words in tour_commands():
