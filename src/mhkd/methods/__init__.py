@@ -8,10 +8,13 @@ from mhkd.methods import (
     fitnet,  # noqa: F401  (registers the method)
     infoflow,  # noqa: F401  (registers the method)
     kd,  # noqa: F401  (registers the method)
+    kdsvd,  # noqa: F401  (registers the method)
     mhkd,  # noqa: F401  (registers mhkd and ohkd)
+    nst,  # noqa: F401  (registers the method)
     pkt,  # noqa: F401  (registers the method)
     rkd,  # noqa: F401  (registers the method)
     sp,  # noqa: F401  (registers the method)
+    vid,  # noqa: F401  (registers the method)
 )
 from mhkd.methods.base import (
     Method,
