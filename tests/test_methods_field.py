@@ -20,10 +20,10 @@ from mhkd.taps import Taps
 METHODS = ("nst", "kdsvd", "vid", "ofd", "reviewkd")
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [*METHODS, "ab", "fsp"])
 def test_method_trains_and_its_gradients_skip_the_teacher(name):
     teacher, student = make_pair("same")
-    if name == "kdsvd":  # KDSVD pairs stages of equal channel counts
+    if name in ("kdsvd", "fsp"):  # they pair stages of equal channel counts
         teacher = type(student)(6).eval()
     methods = MethodSet(name, context(teacher, student))
     for method in methods.methods.values():
@@ -39,7 +39,7 @@ def test_method_trains_and_its_gradients_skip_the_teacher(name):
     teacher_grads = grads[n_s + len(extras) :]
     assert all(g is None or not g.any() for g in teacher_grads), "gradient reached the teacher"
     assert any(g is not None and g.abs().sum() > 0 for g in grads[:n_s])
-    assert bool(extras) == (name in ("vid", "ofd", "reviewkd"))
+    assert bool(extras) == (name in ("vid", "ofd", "reviewkd", "ab"))
 
     optimizer = torch.optim.SGD([*student.parameters(), *extras], lr=0.02, momentum=0.9)
     history = []
@@ -75,13 +75,16 @@ DEFAULTS = {
     "kdsvd": {"ce": 1.0, "kdsvd": 1.0},
     "ofd": {"ce": 1.0, "ofd": 0.001},
     "reviewkd": {"ce": 1.0, "reviewkd": 5.0},
+    "ab": {"ce": 1.0, "ab": 1.0},
+    "fsp": {"ce": 1.0, "fsp": 50.0},
+    "ft": {"ce": 1.0, "ft": 200.0, "ft_paraphrase": 1.0},
 }
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_default_weights_follow_the_reference_scripts(name):
     teacher, student = make_pair("same")
-    if name == "kdsvd":
+    if name in ("kdsvd", "fsp"):
         teacher = type(student)(6).eval()
     assert MethodSet(name, context(teacher, student)).weights == DEFAULTS[name]
 
