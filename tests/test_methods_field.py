@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TinyNet
 from test_methods_baselines import context, make_batch, make_pair, outputs, total_loss
 
-from mhkd import api, data, models
+from mhkd import api, config, data, models
 from mhkd.methods import MethodSet
 from mhkd.methods._preact import preact_tap
 from mhkd.taps import Taps
@@ -118,3 +119,29 @@ def test_a_model_without_preactivation_features_is_named():
     with pytest.raises(ValueError, match=r"^ofd needs pre-activation .*ShuffleNetV2") as err:
         MethodSet("ofd", context(teacher, student))
     assert "\n" not in str(err.value)
+
+
+IMAGENET = Path(__file__).resolve().parents[1] / "recipes" / "imagenet"
+
+
+@pytest.mark.parametrize(
+    "name, weight, lr, batch",
+    [
+        ("reviewkd_resnet34-resnet18", 1.0, 0.1, 256),
+        ("reviewkd_resnet50-mobilenetv1", 8.0, 0.1, 256),
+        ("ofd_resnet50-mobilenetv1", 0.0001, 0.05, 128),
+        ("at_resnet50-mobilenetv1", None, 0.2, 512),
+    ],
+)
+def test_imagenet_recipes_follow_the_mdistiller_configs(name, weight, lr, batch):
+    tree, notes = config.read_recipe(IMAGENET / f"{name}.yaml")
+    run = config.build(tree)
+    method = name.split("_")[0]
+    assert run.method == method and run.data.name == "imagenet" and run.schedule.epochs == 100
+    assert (run.optim.lr, run.optim.batch_size, run.optim.weight_decay) == (lr, batch, 1e-4)
+    assert run.schedule.milestones == [30, 60, 90]
+    assert run.weights == ({method: weight} if weight is not None else {})
+    if method == "reviewkd":
+        options = run.options["reviewkd"]
+        assert options.warmup_epochs == 1 and options.student_preact
+    assert notes["paper"]["source"]
