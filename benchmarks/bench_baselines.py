@@ -1,4 +1,5 @@
-"""Train-step cost of the baselines (FitNet, AT, SP, CC, RKD, PKT, DKD, CRD) against KD.
+"""Train-step cost of the baselines (FitNet, AT, SP, CC, RKD, PKT, DKD, CRD, NST, VID, KDSVD,
+OFD, ReviewKD, AB, FSP, FT) against KD.
 
     python benchmarks/bench_baselines.py [--steps 7] [--batch 64] [--threads 1]
                                          [--precision fp32] [--out FILE]
@@ -35,7 +36,10 @@ from mhkd.pipelines.training import TrainingRun  # noqa: E402
 
 PAIR = ("wrn_40_2", "wrn_16_2")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt")
-METHODS = ("kd", *FEATURE_METHODS, "dkd", "crd")
+#: AB and FSP time their pre-training step (their training proper is a CE step), FT its
+#: paraphraser's stage (a run without --ft.paraphraser)
+FIELD_METHODS = ("nst", "vid", "kdsvd", "ofd", "reviewkd", "ab", "fsp", "ft")
+METHODS = ("kd", *FEATURE_METHODS, "dkd", "crd", *FIELD_METHODS)
 NUM_TRAIN = 50_000  # CIFAR-100's training set: sizes CRD's memory banks
 TARGET = 1.2
 

@@ -62,6 +62,14 @@ ARMS: dict[str, tuple[str, dict]] = {
     "CRD+MHKD": ("crd+mhkd", {}),
     "infoflow": ("infoflow", {}),
     "infoflow, no decay": ("infoflow", {"options": {"infoflow": {"period_decay": 1.0}}}),
+    "NST": ("nst", {}),
+    "VID": ("vid", {}),
+    "KDSVD": ("kdsvd", {}),
+    "OFD": ("ofd", {}),
+    "ReviewKD": ("reviewkd", {}),
+    "AB": ("ab", {}),  # AB, FSP, FT: 30 pre-training epochs in OUT/pretrain, then the run
+    "FSP": ("fsp", {}),
+    "FT": ("ft", {}),
 }
 
 
