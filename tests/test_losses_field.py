@@ -357,3 +357,14 @@ def test_reviewkd_matches_the_reference_code():
     reviewer.load_state_dict(state)
     targets = [x if x.dim() == 4 else x[:, :, None, None] for x in t]
     assert_like_reference(record, s, losses.hcl(reviewer(s), targets))
+
+
+def test_kdsvd_gradient_stays_finite_at_repeated_singular_values():
+    # each sample's (HW, C) matrix has orthogonal columns of equal norm: all singular values tie
+    eye = torch.eye(4).repeat(4, 1)  # (16, 4)
+    student = eye.t().reshape(1, 4, 4, 4).repeat(2, 1, 1, 1).requires_grad_(True)
+    teacher = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    prev_s = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    loss = losses.kdsvd([prev_s.requires_grad_(True), student], [teacher[:, :3], teacher])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()

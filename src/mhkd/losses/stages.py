@@ -71,10 +71,29 @@ def _finite(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+class _FiniteGrad(torch.autograd.Function):
+    """Identity whose backward zeroes non-finite gradient entries.
+
+    The SVD's backward divides by ``s_i² − s_j²``: two (nearly) equal singular values make it
+    inf or NaN, which the reference code passes on to the weights (a run dies some epochs
+    later). Zeroing those entries is what the reference's ``removenan`` does to the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        return _finite(grad)
+
+
 def _right_singular(feat: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Top-``n`` right singular vectors ``(B, C, n)`` and values ``(B, n)`` of the
     ``(HW, C)`` matrix of each sample, each L2-normalised (non-finite entries zeroed)."""
     x = feat.float().flatten(2).transpose(1, 2)
+    if x.requires_grad:
+        x = _FiniteGrad.apply(x)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     v = _finite(vh.transpose(1, 2))[:, :, :n]
     return F.normalize(v, dim=1), F.normalize(_finite(s)[:, :n], dim=1)
