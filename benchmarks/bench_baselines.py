@@ -1,4 +1,5 @@
-"""Train-step cost of the baselines (FitNet, AT, SP, CC, RKD, PKT, DKD, CRD) against KD.
+"""Train-step cost of the baselines (FitNet, AT, SP, CC, RKD, PKT, DKD, CRD, NST, VID, KDSVD,
+OFD, ReviewKD, AB, FSP, FT) against KD.
 
     python benchmarks/bench_baselines.py [--steps 7] [--batch 64] [--threads 1]
                                          [--precision fp32] [--out FILE]
@@ -35,7 +36,10 @@ from mhkd.pipelines.training import TrainingRun  # noqa: E402
 
 PAIR = ("wrn_40_2", "wrn_16_2")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt")
-METHODS = ("kd", *FEATURE_METHODS, "dkd", "crd")
+#: AB and FSP time their pre-training step (their training proper is a CE step), FT its
+#: paraphraser's stage (a run without --ft.paraphraser)
+FIELD_METHODS = ("nst", "vid", "kdsvd", "ofd", "reviewkd", "ab", "fsp", "ft")
+METHODS = ("kd", *FEATURE_METHODS, "dkd", "crd", *FIELD_METHODS)
 NUM_TRAIN = 50_000  # CIFAR-100's training set: sizes CRD's memory banks
 TARGET = 1.2
 
@@ -231,6 +235,16 @@ NOTES = [
     "bf16 rounding would show), so its share grows when the networks run in bf16.",
     "- CRD's banks for CIFAR-100: 50,000 × 128 × 4 B × 2 banks = 51.2 MB fp32 (plus 0.4 MB of "
     "labels for class-aware negatives), saved in every checkpoint.",
+    "- NST, VID, OFD, AB, FSP add per-stage work that is small beside the networks (channel "
+    "Gram matrices, 1×1 convolutions at the stage maps). KDSVD decomposes every sample's "
+    "(HW × C) stage maps (a batched SVD, forward and backward). AB and FSP time their "
+    "pre-training step; their training proper is a CE step. FT times its paraphraser stage.",
+    "- ReviewKD reviews the student's maps with one ABF per level: a 1×1 conv to min(512, C) "
+    "mid channels, attention fusion and a 3×3 conv to the teacher's channels at each stage's "
+    "full resolution; for wrn_16_2 ← wrn_40_2 at 32×32 that is about 74 MMACs per image "
+    "(38 M of it the 3×3 conv at 32×32), 0.73× the student's own 101 MMACs, run forward and "
+    "backward, and its activations (64 × 128 × 32 × 32 fp32 = 34 MB per map) raise the "
+    "peak memory.",
     "- Threads: figures are for one intra-op thread by default. On a shared machine the "
     "other jobs' load stalls OpenMP barriers, which turns small parallel ops into noise far "
     "above the methods' own cost; `--threads 2` measures two threads on an idle machine.",

@@ -28,6 +28,7 @@ SECTIONS = [
     ("Streaming loader on ImageNet-size JPEGs", ("loader.md", "loader_epyc.md")),
     ("MHKD step against the KD step", ("mhkd_speed.md", "mhkd_speed_epyc.md")),
     ("Baselines' step against the KD step", ("baselines.md",)),
+    ("The remaining baselines' step against the KD step (contended)", ("baselines_field.md",)),
     ("Low-label digits: every method against CE", ("lowlabel.md",)),
     ("Information-flow KD study on digits", ("infoflow.md",)),
     ("Cascaded channel pruning study on digits", ("prune.md",)),

@@ -62,6 +62,16 @@ ARMS: dict[str, tuple[str, dict]] = {
     "CRD+MHKD": ("crd+mhkd", {}),
     "infoflow": ("infoflow", {}),
     "infoflow, no decay": ("infoflow", {"options": {"infoflow": {"period_decay": 1.0}}}),
+    "NST": ("nst", {}),
+    "NST, weight 10": ("nst", {"weights": {"nst": 10.0}}),
+    "VID": ("vid", {}),
+    "KDSVD": ("kdsvd", {}),
+    "OFD": ("ofd", {}),
+    "ReviewKD": ("reviewkd", {}),
+    "AB": ("ab", {}),  # AB, FSP, FT: 30 pre-training epochs in OUT/pretrain, then the run
+    "FSP": ("fsp", {}),
+    "FT": ("ft", {}),
+    "FT, weight 20": ("ft", {"weights": {"ft": 20.0}}),
 }
 
 

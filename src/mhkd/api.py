@@ -28,6 +28,7 @@ from mhkd.data.batch import Batch
 from mhkd.distill import DistillForward
 from mhkd.loop import set_seed, weighted_sum
 from mhkd.methods import MethodContext
+from mhkd.pipelines.pretrain import pretraining_method, run_with_pretraining
 from mhkd.pipelines.proxy import run_with_proxy
 from mhkd.pipelines.training import (
     build_methods,
@@ -63,6 +64,8 @@ def run(
                    overwrite=overwrite)  # fmt: skip
     if config.aux.mode != "none":
         return run_with_proxy(config, out, **options)
+    if pretraining_method(config) is not None:
+        return run_with_pretraining(config, out, **options)
     return run_training(config, out, **options)
 
 
