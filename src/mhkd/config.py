@@ -265,7 +265,7 @@ def validate(config: RunConfig) -> None:
         )
         checks.append(
             (
-                s.kind == "cosine" or m[-1] <= s.epochs,
+                s.kind == "cosine" or not m or m[-1] <= s.epochs,
                 f"--milestones {','.join(map(str, m))} lie beyond --epochs {s.epochs}: the lr "
                 "would never decay there; give --milestones for the shorter run",
             )
