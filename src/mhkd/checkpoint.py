@@ -181,6 +181,8 @@ def check_finite_weights(state_dict: Mapping[str, Any], path: str | Path) -> Non
 # ---- any checkpoint -> a model -----------------------------------------------------------
 #: The format of a run's resume file (``checkpoints/last.pt``), written by the epoch loop.
 RESUME_FORMAT = "mhkd/2"
+#: The format of a model file (``best.pt``, a proxy teacher, FT's paraphraser): weights only.
+MODEL_FORMAT = "mhkd/1"
 
 
 def _resumed_model(state: dict[str, Any], path: Path) -> dict[str, Any]:

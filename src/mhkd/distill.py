@@ -197,7 +197,7 @@ class DistillStep:
 
     def deployable(self) -> dict[str, Any]:
         return {
-            "format": "mhkd/1",
+            "format": checkpoint.MODEL_FORMAT,
             "arch": checkpoint.model_spec(self.student),
             "model": self.student.state_dict(),
             "data": self.data.name,

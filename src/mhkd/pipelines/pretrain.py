@@ -81,7 +81,7 @@ def _save_paraphraser(stage_out: Path, target: Path) -> None:
     state = RunDirectory(stage_out, writes=False).load_last()["step"]["method"]
     prefix = "methods.ft.paraphraser."
     weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    checkpoint.save({"format": "mhkd/1", "paraphraser": weights}, target)
+    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "paraphraser": weights}, target)
 
 
 def run_with_pretraining(

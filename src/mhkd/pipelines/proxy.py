@@ -124,7 +124,11 @@ def train_proxy(
                        resume, overwrite)  # fmt: skip
     if out is not None:
         checkpoint.save(
-            {"format": "mhkd/1", "arch": checkpoint.model_spec(proxy), "model": proxy.state_dict()},
+            {
+                "format": checkpoint.MODEL_FORMAT,
+                "arch": checkpoint.model_spec(proxy),
+                "model": proxy.state_dict(),
+            },
             proxy_checkpoint(out),
         )
     return proxy

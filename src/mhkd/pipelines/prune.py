@@ -510,7 +510,7 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 def _exported_state(net: nn.Module, splits: DataSplits) -> dict[str, Any]:
     return {
-        "format": "mhkd/1",
+        "format": checkpoint.MODEL_FORMAT,
         "arch": checkpoint.model_spec(net),
         "model": net.state_dict(),
         "pruned_channels": net.pruned_channels,
