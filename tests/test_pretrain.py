@@ -14,6 +14,8 @@ from mhkd import api, checkpoint, data, models
 from mhkd.methods.fsp import stem_name
 from mhkd.rundir import RunDirectory
 
+ROOT = Path(__file__).resolve().parents[1]
+
 FAST = dict(epochs=1, batch_size=32, lr=0.05, quiet=True, precision="fp32", device="cpu")
 
 
@@ -100,3 +102,20 @@ def test_fsp_starts_from_the_stem():
     assert stem_name(models.create("resnet8", num_classes=4), "layer1") == "relu"
     assert stem_name(models.create("wrn_16_2", num_classes=4), "block1") == "conv1"
     assert stem_name(models.create("vgg8", num_classes=4), "block0") is None
+
+
+@pytest.mark.parametrize("name", ["ab", "fsp"])
+def test_a_recipes_stage_two_drops_the_teacher_file_it_no_longer_uses(name):
+    """A recipe names its teacher as a file; stage 2 of AB/FSP is CE alone, which refuses an
+    unused --teacher, so stage 2 must drop it (found by benchmarks/parity.py)."""
+    from mhkd import config as cfg
+    from mhkd.pipelines.pretrain import _stage_one_config, _stage_two_config
+
+    recipe = ROOT / "recipes" / "baselines" / f"{name}_cifar100_resnet110-resnet20.yaml"
+    config = cfg.build(cfg.read_recipe(recipe)[0], str(recipe))
+    assert _stage_one_config(config, name).models.teacher == config.models.teacher
+    stage_two = _stage_two_config(config, name, None)
+    models = stage_two.models
+    assert (stage_two.method, models.teacher, models.teacher_arch) == ("ce", None, None)
+    assert stage_two.models.student == config.models.student
+    assert stage_two.weights.get("ce", 1.0) == 1.0 and name not in stage_two.weights

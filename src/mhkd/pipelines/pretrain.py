@@ -69,8 +69,13 @@ def _stage_two_config(config: RunConfig, name: str, out: Path | None) -> RunConf
         return dataclasses.replace(config, options=options)
     rest = [n for n in expand(config.method) if n != name]
     dropped = set(method_class(name).weights)
+    models = config.models
+    if not rest:  # CE alone uses no teacher: a recipe's teacher file would be refused as unused
+        models = dataclasses.replace(models, teacher=None, teacher_arch=None, teacher_layers=None,
+                                     student_layers=None)  # fmt: skip
     return dataclasses.replace(
         config,
+        models=models,
         method="+".join(rest) or "ce",
         options={n: config.options[n] for n in rest},
         weights={k: v for k, v in config.weights.items() if k not in dropped},
