@@ -5,11 +5,14 @@ For every recipe whose number comes from code (RepDistiller's ``train_student.py
 from a checkout of that code, loads the same weights into both sides (the reference model's
 state_dict is saved in RepDistiller's checkpoint layout and read back through
 :func:`mhkd.checkpoint.load_model`; learned modules such as FitNet's regressor, CC's and CRD's
-embeddings and CRD's memory banks are copied across), runs one batch through both, and compares
+embeddings and CRD's memory banks, VID's regressors and variances, FT's translator and
+paraphraser, AB's connectors are copied across), runs one batch through both, and compares
 every weighted loss term, the student's gradients, the weights after one SGD step and the
 learning rate of every epoch of the schedule. The reference's settings are read from the
 recipe's ``paper.reference`` (``-r/-a/-b`` of the command line it names, the mdistiller config
-file) and the reference code's own defaults, never from the recipe's own values.
+file) and the reference code's own defaults, never from the recipe's own values. A recipe
+with a pre-training stage (AB, FSP, FT) is compared at its distillation stage; AB's and FSP's
+pre-training step is a row of its own (RepDistiller's ``helper/pretrain.py``).
 
     python benchmarks/parity.py --repdistiller /path/RepDistiller --mdistiller /path/mdistiller
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import importlib
 import io
 import json
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mhkd import api, models
+from mhkd import api, checkpoint, models
 from mhkd import config as cfg
 from mhkd.checkpoint import load_model
 from mhkd.config import RuntimeConfig
@@ -50,6 +54,13 @@ from mhkd.loop import set_seed
 from mhkd.losses.crd import ContrastMemory
 from mhkd.methods import MethodContext, MethodSet
 from mhkd.models.foreign import to_mhkd
+from mhkd.pipelines.pretrain import (
+    PRETRAINED,
+    _stage_one_config,
+    _stage_two_config,
+    paraphraser_path,
+    pretraining_method,
+)
 from mhkd.pipelines.training import build_methods
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +94,8 @@ RECORD = (
     "crd_cifar100_resnet110-resnet20",
     "dkd_cifar100_vgg13-mobilenetv2",
     "ce_cifar100_student-resnet20",
+    "vid_cifar100_vgg13-vgg8",
+    "ft_cifar100_vgg13-vgg8",
 )
 
 
@@ -260,10 +273,38 @@ def our_step(step: DistillStep, batch: Batch, epochs: int) -> dict[str, Any]:
     return {"step_terms": terms, "grads": grads, "state": state, "lrs": lrs}
 
 
-def run_ours(run: cfg.RunConfig, teacher, student, batch, contrast_idx=None, extras=None):
+def distill_stage(run: cfg.RunConfig, teacher, student, folder: Path) -> cfg.RunConfig:
+    """The configuration of a recipe's distillation stage: the recipe itself, or, after a
+    pre-training stage (AB, FSP, FT; :mod:`mhkd.pipelines.pretrain`), its stage 2 — AB and
+    FSP train with CE alone, FT reads the paraphraser from ``folder`` (written here: the one
+    stage 1 starts from, built from the run's seed; the reference gets a copy)."""
+    name = pretraining_method(run)
+    if name is None or not PRETRAINED[name]:
+        return run if name is None else _stage_two_config(run, name, None)
+    stage_one = _stage_one_config(run, name)
+    methods = run_methods(stage_one, copy.deepcopy(teacher), copy.deepcopy(student))
+    path = paraphraser_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = methods.methods[name].paraphraser.state_dict()
+    checkpoint.save({"format": "mhkd/1", "paraphraser": state}, path)
+    return _stage_two_config(run, name, folder)
+
+
+def run_ours(
+    run: cfg.RunConfig, teacher, student, batch, contrast_idx=None, extras=None, stage_one=False
+):
     """mhkd's side: the terms from :func:`mhkd.api.loss_terms` (on copies: its train-mode
     forward moves BN statistics), then one step of :class:`~mhkd.distill.DistillStep` with
-    the same extras; ``extras(methods)`` may copy those to the reference first."""
+    the same extras; ``extras(methods)`` may copy those to the reference first. A recipe with
+    a pre-training stage runs its distillation stage (:func:`distill_stage`)."""
+    if stage_one:  # the pre-training stage's own configuration, as given
+        return _run_ours(run, teacher, student, batch, contrast_idx, extras)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = distill_stage(run, teacher, student, Path(tmp))
+        return _run_ours(run, teacher, student, batch, contrast_idx, extras)
+
+
+def _run_ours(run: cfg.RunConfig, teacher, student, batch, contrast_idx, extras):
     num_classes, num_samples = DATA[run.data.name]
     with fixed_crd_draw(contrast_idx):
         terms = api.loss_terms(
@@ -320,7 +361,7 @@ class Reference:
     def criterion(self, setting: RefSetting, t, s, num_samples: int):
         """train_student.py's criterion_kd and the modules it adds to trainable_list."""
         d = setting.distill
-        if d in ("ce", "kd", "dkd"):
+        if d in ("ce", "kd", "dkd", "abound", "fsp"):  # AB, FSP: no loss after pre-training
             return None, []
         t.eval(), s.eval()
         x = torch.randn(2, 3, 32, 32)
@@ -330,6 +371,19 @@ class Reference:
         if d == "hint":
             reg = self.util.ConvReg(feat_s[2].shape, feat_t[2].shape)
             return z.HintLoss(), [reg]
+        if d == "abound_init":  # helper/pretrain.py: connectors on preact feat[1:-1]
+            shapes = [[f.shape for f in feats[1:-1]] for feats in (feat_s, feat_t)]
+            return z.ABLoss(len(shapes[0])), [self.util.Connector(*shapes)]
+        if d == "fsp_init":
+            return z.FSP([f.shape for f in feat_s[:-1]], [f.shape for f in feat_t[:-1]]), []
+        if d == "vid":
+            pairs = zip(feat_s[1:-1], feat_t[1:-1], strict=True)
+            crit = nn.ModuleList(z.VIDLoss(s.shape[1], t.shape[1], t.shape[1]) for s, t in pairs)
+            return crit, [crit]  # trainable, as train_student.py adds it to trainable_list
+        if d == "factor":  # the paraphraser is not trained in this stage: kept on the criterion
+            crit = z.FactorTransfer()
+            crit.paraphraser = self.util.Paraphraser(feat_t[-2].shape)
+            return crit, [self.util.Translator(feat_s[-2].shape, feat_t[-2].shape)]
         if d == "correlation":
             es = self.util.LinearEmbed(feat_s[-1].shape[1], 128)
             et = self.util.LinearEmbed(feat_t[-1].shape[1], 128)
@@ -342,14 +396,15 @@ class Reference:
             crit = self.crd.CRDLoss(opt)
             return crit, [crit.embed_s, crit.embed_t]
         crit = {"attention": z.Attention, "similarity": z.Similarity, "rkd": z.RKDLoss,
-                "pkt": z.PKT}[d]()  # fmt: skip
+                "pkt": z.PKT, "nst": z.NSTLoss}[d]()  # fmt: skip
         return crit, []
 
     def step(self, setting: RefSetting, t, s, crit, extras, batch, contrast_idx) -> dict:
         """One iteration of helper/loops.py's train_distill (or train_teacher's, or mdistiller's
         DKD trainer), with its SGD over trainable_list."""
         x, y, idx = batch.images, batch.labels, batch.indices
-        params = [p for m in (s, *extras) for p in m.parameters()]
+        init = setting.distill.endswith("_init")  # helper/pretrain.py: feature modules only
+        params = [p for m in (s.get_feat_modules() if init else s, *extras) for p in m.parameters()]
         optimizer = torch.optim.SGD(
             params, lr=setting.lr, momentum=setting.momentum, weight_decay=setting.weight_decay
         )
@@ -363,7 +418,10 @@ class Reference:
         total = sum(terms.values())
         optimizer.zero_grad()
         total.backward()
-        grads = {k: p.grad.detach().clone() for k, p in s.named_parameters()}
+        grads = {
+            k: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for k, p in s.named_parameters()
+        }
         optimizer.step()
         return {"terms": {k: float(v) for k, v in terms.items()}, "total": float(total),
                 "grads": grads, "lrs": reference_lrs(setting)}  # fmt: skip
@@ -372,21 +430,33 @@ class Reference:
         for m in (s, *extras):
             m.train()
         t.eval()
-        feat_s, logit_s = s(x, is_feat=True, preact=False)
+        d = setting.distill
+        if d.endswith("_init"):  # helper/pretrain.py: model_s.eval(), feature modules train()
+            s.eval()
+            s.get_feat_modules().train()
+        feat_s, logit_s = s(x, is_feat=True, preact=d == "abound_init")
         with torch.no_grad():
-            feat_t, logit_t = t(x, is_feat=True, preact=False)
+            feat_t, logit_t = t(x, is_feat=True, preact=d == "abound_init")
             feat_t = [f.detach() for f in feat_t]
+        if d == "abound_init":  # the pre-training stage's loss alone
+            return {"ab": sum(crit(extras[0](feat_s[1:-1]), feat_t[1:-1]))}
+        if d == "fsp_init":
+            return {"fsp": sum(crit(feat_s[:-1], feat_t[:-1]))}
         loss_cls = F.cross_entropy(logit_s, y)
         loss_div = self.zoo.DistillKL(4)(logit_s, logit_t)
-        d = setting.distill
-        if d == "kd":
+        if d in ("kd", "abound", "fsp"):  # AB, FSP: "can not use after pretraining"
             loss_kd = 0
+        elif d == "vid":
+            loss_kd = sum(c(a, b) for a, b, c in zip(feat_s[1:-1], feat_t[1:-1], crit, strict=True))
+        elif d == "factor":
+            crit.paraphraser.train()
+            loss_kd = crit(extras[0](feat_s[-2]), crit.paraphraser(feat_t[-2], is_factor=True))
         elif d == "hint":
             loss_kd = crit(extras[0](feat_s[2]), feat_t[2])
         elif d == "crd":
             with contextlib.redirect_stdout(io.StringIO()):
                 loss_kd = crit(feat_s[-1], feat_t[-1], idx, contrast_idx)
-        elif d == "attention":
+        elif d in ("attention", "nst"):
             loss_kd = sum(crit(feat_s[1:-1], feat_t[1:-1]))
         elif d == "similarity":
             loss_kd = sum(crit([feat_s[-2]], [feat_t[-2]]))
@@ -394,7 +464,8 @@ class Reference:
             loss_kd = crit(extras[0](feat_s[-1]), extras[1](feat_t[-1]))
         else:  # rkd, pkt
             loss_kd = crit(feat_s[-1], feat_t[-1])
-        name = {"hint": "fitnet", "attention": "at", "similarity": "sp", "correlation": "cc"}
+        name = {"hint": "fitnet", "attention": "at", "similarity": "sp", "correlation": "cc",
+                "factor": "ft", "abound": "ab"}  # fmt: skip
         terms = {"ce": setting.gamma * loss_cls, "kd": setting.alpha * loss_div}
         if d != "kd":
             kd_term = setting.beta * loss_kd
@@ -436,8 +507,38 @@ def push_to_reference(ours: nn.Module, ref_model: nn.Module, arch: str) -> None:
     ref_model.load_state_dict({k: ours_sd[v] for k, v in mapping.items()})
 
 
+def positional(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state keyed by position: VID's regressors and FT's paraphraser and translator
+    register the same tensors in the same order on both sides, under other names."""
+    return {str(i): v for i, v in enumerate(module.state_dict().values())}
+
+
+def renamed_pairs(methods: MethodSet, extras: list[nn.Module], crit) -> list[tuple]:
+    """(mhkd module, reference module) pairs whose states match by position (VID, FT)."""
+    pairs = []
+    if "vid" in methods.methods:
+        pairs += list(zip(methods.methods["vid"].regressors, extras[0], strict=True))
+    if "ab" in methods.methods and extras:
+        pairs += list(zip(methods.methods["ab"].connectors, extras[0].connectors, strict=True))
+    if "ft" in methods.methods:
+        ft = methods.methods["ft"]
+        pairs += [(ft.translator, extras[0]), (ft.paraphraser, crit.paraphraser)]
+    return pairs
+
+
 def copy_extras(methods: MethodSet, extras: list[nn.Module], crit, to_reference: bool) -> None:
-    """FitNet's regressor, CC's and CRD's embeddings and CRD's banks, one way or the other."""
+    """FitNet's regressor, CC's and CRD's embeddings and CRD's banks, VID's regressors and
+    variances, FT's translator and paraphraser, one way or the other."""
+    for ours, ref in renamed_pairs(methods, extras, crit):
+        src, dst = (positional(ours), positional(ref))
+        if not to_reference:
+            src, dst = dst, src
+        shapes = [v.shape for v in src.values()], [v.shape for v in dst.values()]
+        if shapes[0] != shapes[1]:
+            raise RuntimeError(f"cannot copy {type(ours).__name__}: shapes {shapes}")
+        with torch.no_grad():
+            for k, v in src.items():
+                dst[k].copy_(v)
     pairs = []
     if "fitnet" in methods.methods:
         pairs.append((methods.methods["fitnet"].regressors[0], extras[0]))
@@ -471,6 +572,7 @@ def _extra_pairs(methods: MethodSet, extras: list[nn.Module], crit) -> list[tupl
         cc = methods.methods["cc"]
         pairs += [(cc.embed, extras[0].linear), (cc.embed_t, extras[1].linear)]
     states = [(o.state_dict(), r.state_dict()) for o, r in pairs]
+    states += [(positional(o), positional(r)) for o, r in renamed_pairs(methods, extras, crit)]
     if "crd" in methods.methods:
         crd = methods.methods["crd"]
         crd.memory.flush()
@@ -489,6 +591,8 @@ def extras_after(pairs: list[tuple[dict, dict]], before: list[dict]) -> float:
     largest change the reference step made to that module."""
     diffs = [0.0]
     for (ours, ref), old in zip(pairs, before, strict=True):
+        if not ref:  # an identity connector
+            continue
         change = max((v - old[k]).abs().max().item() for k, v in ref.items())
         diff = max(beyond_rounding(ours[k], v) for k, v in ref.items())
         diffs.append(diff / (change or 1.0))
@@ -544,12 +648,31 @@ def lrs_equal(a: list[float], b: list[float]) -> bool:
     return all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b, strict=True))
 
 
-def compare(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0) -> Row:
+#: Pre-training stages compared step by step (FT's trains a paraphraser, not the student).
+STAGE_ONE = {"ab": "abound", "fsp": "fsp"}
+
+
+def stage_one(run: cfg.RunConfig, setting: RefSetting) -> tuple[cfg.RunConfig, RefSetting]:
+    """The pre-training stage on both sides: mhkd's stage-1 configuration; the reference's
+    ``helper/pretrain.py`` (the method's loss alone, weight 1, ``opt.learning_rate``
+    constant for ``init_epochs`` = 30, SGD over the student's feature modules and the
+    connectors)."""
+    name = pretraining_method(run)
+    ref = dataclasses.replace(setting, distill=f"{STAGE_ONE[name]}_init", gamma=0.0, alpha=0.0,
+                              beta=1.0, epochs=30, milestones=[])  # fmt: skip
+    return _stage_one_config(run, name), ref
+
+
+def compare(path: Path, ref: Reference, mdistiller: Path | None, seed: int = 0,
+            pretraining: bool = False) -> Row:  # fmt: skip
     """One recipe on weights the reference code initialised, read into mhkd through its
-    foreign-checkpoint loader."""
+    foreign-checkpoint loader (``pretraining``: its pre-training stage's step instead)."""
     run, paper = read(path)
     setting = reference_setting(run, paper.get("reference", ""), mdistiller)
-    row = Row(path.stem, settings_equal=settings_equal(run, setting))
+    name = path.stem
+    if pretraining:
+        run, setting, name = *stage_one(run, setting), f"{path.stem} (pre-training step)"
+    row = Row(name, settings_equal=settings_equal(run, setting))
     if setting.code is None:
         row.lr_equal = lrs_equal(ours_lrs(run), reference_lrs(setting))
         return row
@@ -580,7 +703,8 @@ def both_sides(row: Row, run, setting: RefSetting, ref: Reference, ours_models, 
     def give_extras(methods: MethodSet) -> None:
         copy_extras(methods, extras, crit, to_reference=True)
 
-    ours = run_ours(run, teacher, student, batch, cidx, give_extras)
+    init = setting.distill.endswith("_init")
+    ours = run_ours(run, teacher, student, batch, cidx, give_extras, stage_one=init)
     before = {k: v.detach().clone() for k, v in s_ref.state_dict().items()}
     extras_before = [
         {k: v.detach().clone() for k, v in ref_state.items()}
@@ -769,11 +893,13 @@ def table(rows: list[Row]) -> str:
             "equal" if r.settings_equal else "**differ**", verdict,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    compared = [r for r in rows if r.ref]
+    stages = [r for r in rows if r.recipe.endswith("(pre-training step)")]
+    compared = [r for r in rows if r.ref and r not in stages]
     others = [r for r in rows if not r.ref]
     footnotes = "".join(f"\n[{i}] {n}." for i, n in enumerate(notes, 1))
     summary = (
-        f"\n**{sum(r.equal for r in compared)}/{len(compared)} recipes equal the reference.** "
+        f"\n**{sum(r.equal for r in compared)}/{len(compared)} recipes equal the reference**, "
+        f"and {sum(r.equal for r in stages)}/{len(stages)} pre-training steps (AB, FSP). "
         f"{len(others)} more have no reference code (MHKD, CRD+MHKD and the SVHN CE runs: the "
         "MHKD authors published none); their optimiser settings and lr of every epoch match "
         f"the reference rule in {sum(r.lr_equal and r.settings_equal for r in others)}/"
@@ -825,9 +951,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in paths:
         rows.append(compare(path, ref, args.mdistiller))
-        row = rows[-1]
-        verdict = ("equal" if row.equal else "DIFFERS") if row.ref else "no reference code"
-        print(f"{path.stem}: {verdict}")
+        if pretraining_method(read(path)[0]) in STAGE_ONE:
+            rows.append(compare(path, ref, args.mdistiller, pretraining=True))
+        for row in rows[-2:] if rows[-1].recipe != path.stem else rows[-1:]:
+            verdict = ("equal" if row.equal else "DIFFERS") if row.ref else "no reference code"
+            print(f"{row.recipe}: {verdict}")
     text = preamble(args) + table(rows)
     print(text)
     if args.out:

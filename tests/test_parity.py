@@ -25,7 +25,8 @@ import parity  # noqa: E402  (benchmarks/parity.py: mhkd's side needs no referen
 
 def test_the_recorded_subset_covers_every_feature_method():
     methods = {json.loads(p.read_text())["recipe"].split("/")[1].split("_")[0] for p in FIGURES}
-    assert methods >= {"kd", "fitnet", "at", "sp", "cc", "rkd", "pkt", "crd", "dkd", "ce"}
+    assert methods >= {"kd", "fitnet", "at", "sp", "cc", "rkd", "pkt", "crd", "dkd", "ce",
+                       "vid", "ft"}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", FIGURES, ids=[p.stem for p in FIGURES])
