@@ -102,6 +102,8 @@ def test_fsp_starts_from_the_stem():
     assert stem_name(models.create("resnet8", num_classes=4), "layer1") == "relu"
     assert stem_name(models.create("wrn_16_2", num_classes=4), "block1") == "conv1"
     assert stem_name(models.create("vgg8", num_classes=4), "block0") is None
+    # RepDistiller's VGG feat[0] is block0's map, before pool0 (found by benchmarks/parity.py)
+    assert stem_name(models.create("vgg8", num_classes=4), "block1") == "block0"
 
 
 @pytest.mark.parametrize("name", ["ab", "fsp"])

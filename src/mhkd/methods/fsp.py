@@ -11,6 +11,8 @@ from mhkd.data.batch import Batch
 from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
 
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
 
 @dataclass
 class FSPOptions:
@@ -19,14 +21,20 @@ class FSPOptions:
 
 
 def stem_name(model: nn.Module, first_stage: str) -> str | None:
-    """The module registered just before the first stage in its parent (the stem's end)."""
+    """The module registered just before the first stage in its parent (the stem's end),
+    pooling layers skipped: RepDistiller's VGG ``feat[0]`` is ``block0``'s map, before ``pool0``."""
     parent_name, _, child = first_stage.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    names = [name for name, _ in parent.named_children()]
-    if child not in names or names.index(child) == 0:
+    children = list(parent.named_children())
+    names = [name for name, _ in children]
+    if child not in names:
         return None
-    previous = names[names.index(child) - 1]
-    return f"{parent_name}.{previous}" if parent_name else previous
+    at = names.index(child) - 1
+    while at >= 0 and isinstance(children[at][1], POOLS):
+        at -= 1
+    if at < 0:
+        return None
+    return f"{parent_name}.{names[at]}" if parent_name else names[at]
 
 
 @register
