@@ -6,8 +6,8 @@ Each file holds the inputs, the reference's learned modules' weights (``state.*`
 and the gradient of that loss with respect to every student input (``grad.*``), so the tests
 compare mhkd's losses with the reference code without needing it (CI has no reference code).
 
-    python benchmarks/reference_losses.py --repdistiller /work/refs/RepDistiller \\
-        --mdistiller /work/refs/mdistiller [--out tests/data/reference_losses]
+    python benchmarks/reference_losses.py --repdistiller DIR \\
+        --mdistiller DIR [--out tests/data/reference_losses]
 """
 
 from __future__ import annotations
