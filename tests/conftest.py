@@ -55,6 +55,20 @@ def fast() -> dict:
 
 
 @pytest.fixture
+def small_synthetic(monkeypatch):
+    """The CLI's `synthetic` data set at 256 training images, so end-to-end runs take seconds."""
+    original = data.registry.load
+
+    def small(name, root=None, download=True, **options):
+        if name == "synthetic":
+            options = {"num_train": 256, "num_test": 128, "num_classes": 10, **options}
+        return original(name, root, download, **options)
+
+    monkeypatch.setattr(data.registry, "load", small)
+    monkeypatch.setattr("mhkd.data.load", small)
+
+
+@pytest.fixture
 def read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty folder in which creating any file fails as on a read-only file system (a
     chmod would not stop root, who runs the tests in CI)."""

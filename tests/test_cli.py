@@ -13,19 +13,8 @@ SMALL = ["--data", "synthetic", "--epochs", "2", "--batch-size", "32", "--quiet"
 
 
 @pytest.fixture(autouse=True)
-def small_synthetic(monkeypatch):
-    """Make the CLI's `synthetic` data set small so end-to-end runs take seconds."""
-    from mhkd.data import registry
-
-    original = registry.load
-
-    def small(name, root=None, download=True, **options):
-        if name == "synthetic":
-            options = {"num_train": 256, "num_test": 128, "num_classes": 10, **options}
-        return original(name, root, download, **options)
-
-    monkeypatch.setattr(registry, "load", small)
-    monkeypatch.setattr("mhkd.data.load", small)
+def _small(small_synthetic):
+    """Every test here runs the CLI on the small `synthetic` set."""
 
 
 def error_of(capsys, argv) -> str:

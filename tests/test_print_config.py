@@ -16,19 +16,8 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "mhkd" / "cifar100_wrn_40_2-wrn
 
 
 @pytest.fixture(autouse=True)
-def small_synthetic(monkeypatch):
-    """The CLI's `synthetic` set at 256 images, so the real runs compared take seconds."""
-    from mhkd.data import registry
-
-    original = registry.load
-
-    def small(name, root=None, download=True, **options):
-        if name == "synthetic":
-            options = {"num_train": 256, "num_test": 64, "num_classes": 10, **options}
-        return original(name, root, download, **options)
-
-    monkeypatch.setattr(registry, "load", small)
-    monkeypatch.setattr("mhkd.data.load", small)
+def _small(small_synthetic):
+    """Every test here runs the CLI on the small `synthetic` set."""
 
 
 def printed(capsys, argv: list[str], where: Path) -> dict:
