@@ -526,6 +526,22 @@ def renamed_pairs(methods: MethodSet, extras: list[nn.Module], crit) -> list[tup
     return pairs
 
 
+def same_named_pairs(methods: MethodSet, extras: list[nn.Module], crit) -> list[tuple]:
+    """(mhkd module, reference module) pairs whose state dicts share their keys: FitNet's
+    regressor, CC's and CRD's embeddings."""
+    pairs = []
+    if "fitnet" in methods.methods:
+        pairs.append((methods.methods["fitnet"].regressors[0], extras[0]))
+    if "cc" in methods.methods:
+        cc = methods.methods["cc"]
+        pairs += [(cc.embed, extras[0].linear), (cc.embed_t, extras[1].linear)]
+    if "crd" in methods.methods:
+        crd = methods.methods["crd"]
+        pairs += [(crd.embed_s.linear, crit.embed_s.linear),
+                  (crd.embed_t.linear, crit.embed_t.linear)]  # fmt: skip
+    return pairs
+
+
 def copy_extras(methods: MethodSet, extras: list[nn.Module], crit, to_reference: bool) -> None:
     """FitNet's regressor, CC's and CRD's embeddings and CRD's banks, VID's regressors and
     variances, FT's translator and paraphraser, one way or the other."""
@@ -539,24 +555,14 @@ def copy_extras(methods: MethodSet, extras: list[nn.Module], crit, to_reference:
         with torch.no_grad():
             for k, v in src.items():
                 dst[k].copy_(v)
-    pairs = []
-    if "fitnet" in methods.methods:
-        pairs.append((methods.methods["fitnet"].regressors[0], extras[0]))
-    if "cc" in methods.methods:
-        cc = methods.methods["cc"]
-        pairs += [(cc.embed, extras[0].linear), (cc.embed_t, extras[1].linear)]
     if "crd" in methods.methods:
         crd = methods.methods["crd"]
-        pairs += [
-            (crd.embed_s.linear, crit.embed_s.linear),
-            (crd.embed_t.linear, crit.embed_t.linear),
-        ]
         banks = ((crd.memory.student_bank, crit.contrast.memory_v1),
                  (crd.memory.teacher_bank, crit.contrast.memory_v2))  # fmt: skip
         with torch.no_grad():
             for ours, ref in banks:
                 (ref if to_reference else ours).copy_(ours if to_reference else ref)
-    for ours, ref in pairs:
+    for ours, ref in same_named_pairs(methods, extras, crit):
         src, dst = (ours, ref) if to_reference else (ref, ours)
         missing = dst.load_state_dict(src.state_dict(), strict=False)
         if missing.missing_keys or missing.unexpected_keys:
@@ -565,20 +571,11 @@ def copy_extras(methods: MethodSet, extras: list[nn.Module], crit, to_reference:
 
 def _extra_pairs(methods: MethodSet, extras: list[nn.Module], crit) -> list[tuple[dict, dict]]:
     """(mhkd state, reference state) of every learned module and CRD's banks."""
-    pairs = []
-    if "fitnet" in methods.methods:
-        pairs.append((methods.methods["fitnet"].regressors[0], extras[0]))
-    if "cc" in methods.methods:
-        cc = methods.methods["cc"]
-        pairs += [(cc.embed, extras[0].linear), (cc.embed_t, extras[1].linear)]
-    states = [(o.state_dict(), r.state_dict()) for o, r in pairs]
+    states = [(o.state_dict(), r.state_dict()) for o, r in same_named_pairs(methods, extras, crit)]
     states += [(positional(o), positional(r)) for o, r in renamed_pairs(methods, extras, crit)]
     if "crd" in methods.methods:
         crd = methods.methods["crd"]
         crd.memory.flush()
-        for o, r in ((crd.embed_s.linear, crit.embed_s.linear),
-                     (crd.embed_t.linear, crit.embed_t.linear)):  # fmt: skip
-            states.append((o.state_dict(), r.state_dict()))
         states.append((
             {"s": crd.memory.student_bank, "t": crd.memory.teacher_bank},
             {"s": crit.contrast.memory_v1, "t": crit.contrast.memory_v2},
