@@ -99,6 +99,23 @@ def outputs(methods: MethodSet, teacher, student, batch: Batch, teacher_graph: b
     return s_out, t_out
 
 
+def sgd_on_one_batch(methods, teacher, student, batch, extras, steps: int = 8) -> list[dict]:
+    """A few SGD steps of student and extras on one batch (teacher without a graph, as in
+    training); every step's terms."""
+    optimizer = torch.optim.SGD([*student.parameters(), *extras], lr=0.02, momentum=0.9)
+    history = []
+    for _ in range(steps):
+        s_out, t_out = outputs(methods, teacher, student, batch)
+        terms = methods(s_out, t_out, batch)
+        loss = total_loss(methods, s_out, terms, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert all(p.grad is None for p in teacher.parameters())
+        history.append({k: v.item() for k, v in terms.items()})
+    return history
+
+
 def total_loss(methods: MethodSet, s_out: ModelOutput, terms: dict, batch: Batch):
     terms = {"ce": F.cross_entropy(s_out.logits, batch.labels), **terms}
     return sum(methods.weights[k] * v for k, v in terms.items())
@@ -130,17 +147,7 @@ def test_method_trains_and_its_gradients_skip_the_teacher(name, student_kind):
         assert extras, f"{name} has trainable extras"
 
     # a few SGD steps on one batch (teacher without a graph, as in training)
-    optimizer = torch.optim.SGD([*student.parameters(), *extras], lr=0.02, momentum=0.9)
-    history = []
-    for _ in range(8):
-        s_out, t_out = outputs(methods, teacher, student, batch)
-        terms = methods(s_out, t_out, batch)
-        loss = total_loss(methods, s_out, terms, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        assert all(p.grad is None for p in teacher.parameters())
-        history.append({k: v.item() for k, v in terms.items()})
+    history = sgd_on_one_batch(methods, teacher, student, batch, extras)
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     if name != "crd":  # CRD draws new negatives and moves its banks every step: noisy
         assert history[-1][name] < history[0][name], [h[name] for h in history]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TinyNet
-from test_methods_baselines import context, make_batch, make_pair, outputs, total_loss
+from test_methods_baselines import context, make_batch, make_pair, outputs, sgd_on_one_batch
 
 from mhkd import api, config, data, models
 from mhkd.methods import MethodSet
@@ -42,16 +42,7 @@ def test_method_trains_and_its_gradients_skip_the_teacher(name):
     assert any(g is not None and g.abs().sum() > 0 for g in grads[:n_s])
     assert bool(extras) == (name in ("vid", "ofd", "reviewkd", "ab"))
 
-    optimizer = torch.optim.SGD([*student.parameters(), *extras], lr=0.02, momentum=0.9)
-    history = []
-    for _ in range(8):
-        s_out, t_out = outputs(methods, teacher, student, batch)
-        terms = methods(s_out, t_out, batch)
-        loss = total_loss(methods, s_out, terms, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(terms[name].item())
+    history = [terms[name] for terms in sgd_on_one_batch(methods, teacher, student, batch, extras)]
     assert history[-1] < history[0], history
 
 
