@@ -32,7 +32,7 @@ from common import machine, mhkd_runner, write_results  # noqa: E402
 from mhkd import config as cfg  # noqa: E402
 from mhkd import hardware, models  # noqa: E402
 from mhkd.data.base import DataSplits, ImageSet  # noqa: E402
-from mhkd.pipelines.training import TrainingRun  # noqa: E402
+from mhkd.pipelines.builder import Run, build_run  # noqa: E402
 
 PAIR = ("wrn_40_2", "wrn_16_2")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt")
@@ -54,13 +54,13 @@ def cifar100_shaped(num_train: int) -> DataSplits:
     )
 
 
-def build(method: str, splits: DataSplits, batch: int, precision: str, device) -> TrainingRun:
+def build(method: str, splits: DataSplits, batch: int, precision: str, device) -> Run:
     torch.manual_seed(0)
     config = cfg.build(cfg.from_keywords(
         data="synthetic", batch_size=batch, method=method, precision=precision,
         device=str(device), quiet=True,
     ))  # fmt: skip
-    run = TrainingRun(
+    run = build_run(
         config,
         student=models.create(PAIR[1], num_classes=100),
         teacher=models.create(PAIR[0], num_classes=100),
@@ -89,7 +89,7 @@ def interleaved(runners: dict, repeats: int) -> dict[str, tuple[float, float]]:
     return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in runners}
 
 
-def extras(run: TrainingRun) -> int:
+def extras(run: Run) -> int:
     return sum(p.numel() for p in run.step.methods.parameters() if p.requires_grad)
 
 

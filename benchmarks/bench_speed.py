@@ -34,7 +34,7 @@ from common import command, interleaved_medians, machine, mhkd_runner, write_res
 
 from mhkd import config as cfg  # noqa: E402
 from mhkd import data, hardware, losses, models  # noqa: E402
-from mhkd.pipelines.training import TrainingRun  # noqa: E402
+from mhkd.pipelines.builder import build_run  # noqa: E402
 
 NUM_CLASSES = 100
 CRD_SAMPLES = 16_385  # enough training samples for CRD's full 16384 negatives
@@ -82,7 +82,7 @@ def measure(pair, method, batch, precision, channels_last, compile_, steps, devi
         data="synthetic", batch_size=batch, method=method, precision=precision,
         channels_last=channels_last, compile=compile_ == "on", device=str(device), quiet=True,
     ))  # fmt: skip
-    run = TrainingRun(
+    run = build_run(
         config,
         student=models.create(student_name, num_classes=NUM_CLASSES),
         teacher=models.create(teacher_name, num_classes=NUM_CLASSES) if method != "ce" else None,

@@ -85,7 +85,7 @@ def write_results(lines: list[str], out: Path | None) -> None:
 
 def mhkd_runner(run) -> Callable[[], None]:
     """One iteration of mhkd's own loop: the next batch from its loader, then its train step
-    (``run``: a :class:`mhkd.pipelines.training.TrainingRun`)."""
+    (``run``: a :class:`mhkd.pipelines.builder.Run`)."""
     loader, train_step = run.loop.train_loader, run.step
     batches = iter(())
 

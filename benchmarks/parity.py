@@ -44,16 +44,16 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mhkd import api, checkpoint, models
+from mhkd import api, checkpoint, models, optim
 from mhkd import config as cfg
 from mhkd.checkpoint import load_model
-from mhkd.config import RuntimeConfig
 from mhkd.data.batch import Batch
-from mhkd.distill import DistillStep
+from mhkd.distill import DistillForward, DistillStep
 from mhkd.loop import set_seed
 from mhkd.losses.crd import ContrastMemory
 from mhkd.methods import MethodContext, MethodSet
 from mhkd.models.foreign import to_mhkd
+from mhkd.pipelines.builder import build_methods
 from mhkd.pipelines.pretrain import (
     PRETRAINED,
     _stage_one_config,
@@ -61,7 +61,6 @@ from mhkd.pipelines.pretrain import (
     paraphraser_path,
     pretraining_method,
 )
-from mhkd.pipelines.training import build_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 #: mhkd zoo name -> RepDistiller/mdistiller model_dict name (the others are spelt alike).
@@ -69,6 +68,14 @@ REF_NAMES = {"mobilenetv2": "MobileNetV2", "shufflenetv2": "ShuffleV2", "shuffle
 #: RepDistiller's train_student.py/train_teacher.py: these students train at lr 0.01.
 SMALL_LR = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 DATA = {"cifar100": (100, 50_000), "svhn": (10, 73_257)}  # classes, training samples
+#: "Equal" when both sides run on this machine: terms (relative to max(1, |term|)), gradient
+#: and step norms (relative to the largest), float32 noise.
+TERM_TOL, STEP_TOL = 2e-4, 1e-4
+#: Gradient and step norms against figures recorded on another CPU: oneDNN's AVX-512 and AVX2
+#: kernels put resnet20's gradient norms at initialisation 3.0e-4 apart (an AMD EPYC with
+#: AVX-512 against the AVX2-only one that recorded them; ONEDNN_MAX_CPU_ISA=AVX2 brings the
+#: gap to 7e-8), while the loss terms agree to 1e-6.
+RECORDED_STEP_TOL = 1e-3
 BATCH = 8
 #: Reference-code quirks that change BatchNorm running statistics only (never a loss term, a
 #: gradient or a weight): mdistiller's WRN ``forward`` re-applies three BNs to build its
@@ -234,11 +241,11 @@ def make_step(run: cfg.RunConfig, teacher, student, methods: MethodSet) -> Disti
     weights = {**methods.weights, **run.weights}
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    runtime = RuntimeConfig(precision="fp32", channels_last="off", quiet=True)
-    device = torch.device("cpu")
-    return DistillStep(
-        student, methods, teacher, run.optim, run.schedule, runtime, device, weights, None, None
-    )
+    forward = DistillForward(student, methods, teacher)
+    trained = (p for p in forward.parameters() if p.requires_grad)
+    optimizer, scheduler = optim.sgd(trained, run.optim, run.schedule)
+    return DistillStep(forward, forward, optimizer, scheduler, weights, torch.device("cpu"),
+                       "fp32", None, None)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -613,8 +620,8 @@ class Row:
     @property
     def equal(self) -> bool:
         return (
-            self.lr_equal and self.settings_equal and self.consistent and self.term_diff <= 2e-4
-            and self.grad_diff <= 1e-4 and self.param_diff <= 1e-4
+            self.lr_equal and self.settings_equal and self.consistent
+            and self.term_diff <= TERM_TOL and max(self.grad_diff, self.param_diff) <= STEP_TOL
         )  # fmt: skip
 
 

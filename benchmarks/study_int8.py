@@ -40,9 +40,9 @@ from common import command, interleaved_medians, load_records, machine, run_stud
 
 from mhkd import api  # noqa: E402
 from mhkd.export import export_int8  # noqa: E402
+from mhkd.pipelines.builder import fit  # noqa: E402
 from mhkd.pipelines.prune import prune  # noqa: E402
 from mhkd.pipelines.qat import qat_config, run_qat  # noqa: E402
-from mhkd.pipelines.training import run_training  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TEACHER = "resnet32"
@@ -114,7 +114,7 @@ def job(task: tuple) -> dict:
     qat = run_qat(config, out / "qat", calibration_images=calibration, overwrite=True)
     quantized = graphs(args, out / "qat", "student.onnx", seed)
     record.update(qat=quantized["ptq"], qat_float=quantized["float"], qat_sim=qat["best_test_acc"])
-    run_training(config, out / "finetune", overwrite=True)  # the control: no simulation
+    fit(config, out / "finetune", overwrite=True)  # the control: no simulation
     control = graphs(args, out / "finetune", "student.onnx", seed)
     record.update(ft_float=control["float"], ft_ptq=control["ptq"])
     record["seconds"] = time.perf_counter() - started

@@ -12,7 +12,7 @@ import pytest
 from torch import nn
 
 from mhkd import api, data
-from mhkd.pipelines.training import TrainingRun
+from mhkd.pipelines.builder import Run, build_run
 from mhkd.preemption import RunInterrupted
 
 
@@ -26,13 +26,13 @@ def training_run(
     resume: bool = False,
     overwrite: bool = False,
     **settings: Any,
-) -> TrainingRun:
+) -> Run:
     """A built, not yet fitted run, from the same flat settings as ``mhkd.api``."""
     config, objects = api.configure(student, splits, teacher, method, **settings)
-    return TrainingRun(config, out, resume=resume, overwrite=overwrite, **objects)
+    return build_run(config, out, resume=resume, overwrite=overwrite, **objects)
 
 
-def stop_after(run: TrainingRun, epoch: int) -> RunInterrupted:
+def stop_after(run: Run, epoch: int) -> RunInterrupted:
     """Fit ``run`` until SIGTERM stops it at the end of ``epoch`` (1-based), as a scheduler
     would: ``last.pt`` holds that epoch, there is no summary."""
 
@@ -68,7 +68,7 @@ class _SignalAtStep:
             yield batch
 
 
-def stop_during(run: TrainingRun, epoch: int, step: int) -> RunInterrupted:
+def stop_during(run: Run, epoch: int, step: int) -> RunInterrupted:
     """Fit ``run`` until SIGTERM arrives just before step ``step`` of ``epoch`` (1-based): the
     epoch's earlier steps are lost and ``last.pt`` holds the epoch before."""
     run.loop.train_loader = _SignalAtStep(run.loop.train_loader, epoch, step)

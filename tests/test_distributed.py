@@ -9,9 +9,10 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TinyNet
 
 from mhkd import data
+
+from conftest import TinyNet
 from runs import training_run
 
 SETTINGS = {"epochs": 2, "batch_size": 32, "lr": 0.05, "quiet": True, "precision": "fp32",

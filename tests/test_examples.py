@@ -9,10 +9,11 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 
 import mhkd.data
 from mhkd.cli import build_parser, main
+
+from conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
 TOUR = ROOT / "README.md"

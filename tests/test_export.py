@@ -10,11 +10,12 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import TinyNet
 from torch import nn
 
 from mhkd import checkpoint, export, models
 from mhkd.cli import main
+
+from conftest import TinyNet
 
 
 def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from conftest import TinyNet
 from torch import Tensor
 
 from mhkd import api, checkpoint, data, losses, models
@@ -21,6 +20,8 @@ from mhkd.pipelines.proxy import build_proxy, proxy_checkpoint
 from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.rundir import RunDirectory
 from mhkd.taps import Taps, infer_shapes
+
+from conftest import TinyNet
 
 
 def _loop_kernels(x: Tensor) -> tuple[list[list[float]], list[list[float]]]:

@@ -11,15 +11,16 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import FAST, TinyNet
-from test_export import error_line, save_deployable
 from torch import nn
 
 from mhkd import api, data, export, models, quantize
 from mhkd.cli import main
 from mhkd.fakequant import QuantSim
 from mhkd.pipelines.qat import build_qat, qat_config
+
+from conftest import FAST, TinyNet
 from runs import stop_after
+from test_export import error_line, save_deployable
 
 SETTINGS = {**FAST, "image_size": 16}
 

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TinyNet
 from PIL import Image
 from test_faults import TINY, error_lines, model_state, subprocess_env, train
 
@@ -26,6 +25,8 @@ from mhkd import api, cli, data
 from mhkd.data import DataError, ImageSet
 from mhkd.data.decode import open_rgb
 from mhkd.distill import DistillStep
+
+from conftest import FAST, TinyNet
 
 
 def cli_error(capsys, argv: list[str]) -> str:

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import TinyNet
 
 from mhkd import api, checkpoint, models
+
+from conftest import TinyNet
 from runs import training_run
 
 

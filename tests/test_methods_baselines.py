@@ -24,7 +24,7 @@ from mhkd.data.batch import Batch
 from mhkd.losses.crd import ContrastMemory
 from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse
 from mhkd.methods.base import method_class
-from mhkd.pipelines.training import TrainingRun
+from mhkd.pipelines.builder import build_run
 from mhkd.preemption import RunInterrupted
 from mhkd.taps import Taps
 
@@ -397,7 +397,7 @@ def test_crd_resume_restores_the_banks(tmp_path, tiny_data):
     )  # fmt: skip
 
     def run(name, student, **options):
-        return TrainingRun(settings, tmp_path / name, student=student, teacher=teacher,
+        return build_run(settings, tmp_path / name, student=student, teacher=teacher,
                            splits=tiny_data, **options)  # fmt: skip
 
     def student():

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyNet
 from test_methods_baselines import context, make_batch, make_pair, outputs, sgd_on_one_batch
 
 from mhkd import api, config, data, models
 from mhkd.methods import MethodSet
 from mhkd.methods._preact import preact_tap
 from mhkd.taps import Taps
+
+from conftest import TinyNet
 
 METHODS = ("nst", "kdsvd", "vid", "ofd", "reviewkd")
 

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from conftest import TinyNet
 from torch import Tensor, nn
 
 from mhkd import api, checkpoint, config, losses, models
@@ -20,6 +19,8 @@ from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse, meth
 from mhkd.methods.mhkd import MHKD, MHKDOptions
 from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
+
+from conftest import TinyNet
 
 SMALL = {"head_width": 16}  # heads of the paper's shape, narrower, so tests stay fast
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyNet
 
 from mhkd import api, checkpoint, data, models
 from mhkd.methods.fsp import stem_name
 from mhkd.rundir import RunDirectory
+
+from conftest import TinyNet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,12 @@ import io
 import re
 
 import torch
-from conftest import TinyNet
 
 from mhkd import api
 from mhkd.progress import duration
 from mhkd.teacher_cache import build_cache
+
+from conftest import TinyNet
 
 DURATION = r"\d+(?:s|m\d\ds|h\d\dm)"
 EPOCH_LINE = re.compile(

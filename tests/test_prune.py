@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TinyNet
 from test_foreign_checkpoints import cifar_resnet_keys, repdistiller_file, trained_like
 from torch import nn
 
@@ -33,6 +32,8 @@ from mhkd.prune import (
 )
 from mhkd.prune.masks import check_keep
 from mhkd.rundir import RunDirectoryError
+
+from conftest import TinyNet
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -9,7 +9,6 @@ from html import escape
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 
 from mhkd import api, data
 from mhkd import config as cfg
@@ -17,6 +16,8 @@ from mhkd.cli import main
 from mhkd.report import RUNTIME_FIELDS, Run, find_runs, group_runs, read_run, write_report
 from mhkd.report.grouping import setting
 from mhkd.rundir import RunDirectory, RunSummary
+
+from conftest import FAST
 from runs import stop_after, training_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyNet
 
 from mhkd.retrieval import embeddings, mean_average_precision, retrieval_loaders, retrieval_map
+
+from conftest import TinyNet
 
 #: Database: d0 = (1, 0) class 0, d1 = (0, 1) class 1, d2 = (1, 1) class 0, d3 = (−1, .2) class 0.
 DB = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.2]])

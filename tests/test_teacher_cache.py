@@ -7,16 +7,17 @@ import json
 
 import pytest
 import torch
-from conftest import TinyNet
 
 from mhkd import config, data
 from mhkd.data import NUM_VIEWS, apply_views, normalize
 from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput
 from mhkd.methods.mhkd import MHKDOptions
-from mhkd.pipelines.training import run_training
+from mhkd.pipelines.builder import fit
 from mhkd.taps import Taps
 from mhkd.teacher_cache import CacheError, build_cache, cached_outputs, open_cache
+
+from conftest import TinyNet
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def test_cached_distillation_matches_online_and_reuses_the_cache(
         torch.manual_seed(1)
         calls = TeacherCalls(teacher)
         try:
-            summary = run_training(config.build(tree), tmp_path / name, student=TinyNet(),
+            summary = fit(config.build(tree), tmp_path / name, student=TinyNet(),
                                    teacher=teacher, splits=tiny_data)  # fmt: skip
         finally:
             calls.handle.remove()
@@ -204,7 +205,8 @@ def test_cached_distillation_matches_online_and_reuses_the_cache(
         assert cached_epoch[f"loss_{term}"] == pytest.approx(online_epoch[f"loss_{term}"], rel=1e-3)
 
     # Again: the cache is opened, not rebuilt (for MHKD the re-fitted heads fingerprint alike).
-    monkeypatch.setattr("mhkd.distill.build_cache", lambda *a, **k: pytest.fail("rebuilt"))
+    rebuilt = lambda *a, **k: pytest.fail("rebuilt")  # noqa: E731
+    monkeypatch.setattr("mhkd.pipelines.builder.build_cache", rebuilt)
     _, again_calls, again, _ = run("again", teacher_cache=str(cache))
     assert again_calls.inference == 0 and again_calls.live == calls.live
     assert all(torch.equal(again[key], value) for key, value in cached.items())
@@ -222,7 +224,7 @@ def test_cache_refuses_methods_that_read_teacher_features(
     tree = config.from_keywords(method=method, options=options, epochs=1,
                                 teacher_cache=str(tmp_path / "cache"), **fast)  # fmt: skip
     with pytest.raises(ValueError) as caught:
-        run_training(config.build(tree), tmp_path / "run", student=TinyNet(), teacher=teacher,
+        fit(config.build(tree), tmp_path / "run", student=TinyNet(), teacher=teacher,
                      splits=tiny_data)  # fmt: skip
     message = str(caught.value)
     assert "\n" not in message and message.startswith("--teacher-cache")

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 from tensorboard.backend.event_processing import event_accumulator
 
 from mhkd import api, models
 from mhkd.tensorboard import TensorBoardLogger, tag
+
+from conftest import FAST
 from runs import stop_after, training_run
 
 

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TinyNet
 from torch import Tensor
 
 from mhkd import api, checkpoint
@@ -15,6 +14,8 @@ from mhkd import config as cfg
 from mhkd.loop import NonFiniteLossError, weighted_sum
 from mhkd.methods import Method, MethodContext, TeacherUse, register
 from mhkd.rundir import RunDirectory
+
+from conftest import TinyNet
 from runs import stop_after, stop_during, training_run
 
 

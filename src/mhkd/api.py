@@ -28,16 +28,16 @@ from mhkd.data.batch import Batch
 from mhkd.distill import DistillForward
 from mhkd.loop import set_seed, weighted_sum
 from mhkd.methods import MethodContext
-from mhkd.pipelines.pretrain import pretraining_method, run_with_pretraining
-from mhkd.pipelines.proxy import run_with_proxy
-from mhkd.pipelines.training import (
+from mhkd.pipelines.builder import (
     build_methods,
     check_classes,
     classifier_outputs,
+    fit,
     load_model,
-    run_training,
 )
-from mhkd.pipelines.training import load_data as load_run_data
+from mhkd.pipelines.builder import load_data as load_run_data
+from mhkd.pipelines.pretrain import pretraining_method, run_with_pretraining
+from mhkd.pipelines.proxy import run_with_proxy
 from mhkd.rundir import require_resumable
 
 Model = str | Path | nn.Module
@@ -66,7 +66,7 @@ def run(
         return run_with_proxy(config, out, **options)
     if pretraining_method(config) is not None:
         return run_with_pretraining(config, out, **options)
-    return run_training(config, out, **options)
+    return fit(config, out, **options)
 
 
 def load_data(dataset: str | data.DataSplits, **settings: Any) -> data.DataSplits:
@@ -85,7 +85,7 @@ def configure(
     **settings: Any,
 ) -> tuple[cfg.RunConfig, dict[str, Any]]:
     """The run configuration of flat ``settings``, and the modules/splits passed beside it
-    (``student=``, ``teacher=``, ``splits=`` for :func:`run` or a ``TrainingRun``)."""
+    (``student=``, ``teacher=``, ``splits=`` for :func:`run` or a ``Run``)."""
     splits = dataset if isinstance(dataset, data.DataSplits) else None
     tree = cfg.from_keywords(method=method, **settings)
     tree.setdefault("data", {})["name"] = splits.name if splits is not None else dataset

@@ -7,7 +7,7 @@ does not run at all. The step plugs into :class:`mhkd.loop.EpochLoop`.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,14 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mhkd import checkpoint, distributed, hardware
-from mhkd.config import OptimConfig, RuntimeConfig, ScheduleConfig
 from mhkd.data.batch import Batch
 from mhkd.loop import StepOutput, evaluate, weighted_sum
 from mhkd.methods import MethodSet, ModelOutput, TeacherUse
 from mhkd.models.complexity import profile
 from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.taps import Taps
-from mhkd.teacher_cache import TeacherCache, build_cache, cached_outputs, open_cache
+from mhkd.teacher_cache import TeacherCache
 
 
 def input_shape(data: Any) -> tuple[int, int, int]:
@@ -47,6 +46,11 @@ class DistillForward(nn.Module):
         self._student_taps = Taps(student, methods.student_layers)
         self._teacher_taps = Taps(teacher, methods.teacher_layers) if runs_teacher else None
         self.cache: TeacherCache | None = None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The teacher this forward runs (``None`` when no method reads it)."""
+        return self._teacher[0] if self._teacher else None
 
     def teacher_output(self, batch: Batch) -> ModelOutput | None:
         if self.cache is not None:
@@ -73,53 +77,34 @@ class DistillForward(nn.Module):
 
 
 class DistillStep:
-    """SGD on the student and the methods' extras; see the module docstring."""
+    """One SGD step on the student and the methods' extras; see the module docstring.
+
+    Everything around the step is built by :mod:`mhkd.pipelines.builder`: the optimiser,
+    the data-parallel wrapper (``wrapped``, ``forward`` itself in one process) and the
+    teacher cache (``open_cache``, called once the methods have done their one-off work).
+    """
 
     def __init__(
         self,
-        student: nn.Module,
-        methods: MethodSet,
-        teacher: nn.Module | None,
-        optim: OptimConfig,
-        schedule: ScheduleConfig,
-        runtime: RuntimeConfig,
-        device: torch.device,
+        forward: DistillForward,
+        wrapped: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
         weights: dict[str, float],
+        device: torch.device,
+        precision: str,
         train_loader: Any,
         data: Any,
+        open_cache: Callable[[], TeacherCache] | None = None,
     ):
-        self.device = device
-        self.precision = hardware.resolve_precision(runtime.precision, device)
-        self.runtime = runtime
-        self.student, self.teacher, self.methods = student, teacher, methods
+        self.forward, self.ddp = forward, wrapped
+        self.student, self.methods = forward.student, forward.methods
+        self.teacher = forward.teacher
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.weights = weights
-        self.train_loader = train_loader
-        self.data = data
-        if methods.teacher_use > TeacherUse.NONE and teacher is None:
-            raise ValueError(f"method {methods.spec!r} needs a teacher (--teacher)")
-        self.forward = DistillForward(student, methods, teacher)
-        self.ddp: nn.Module = self.forward
-        if distributed.world()[1] > 1:
-            # Buffers stay per rank: methods with data-set-wide state (CRD's memory banks)
-            # synchronise it themselves, and broadcasting them every step would be costly.
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.forward,
-                device_ids=[device] if device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
-        params = [p for p in self.forward.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-            nesterov=optim.nesterov,
-        )  # fmt: skip
-        if schedule.kind == "cosine":
-            self.scheduler: torch.optim.lr_scheduler.LRScheduler = (
-                torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, schedule.epochs)
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                self.optimizer, schedule.resolved_milestones(), schedule.gamma
-            )
+        self.device, self.precision = device, precision
+        self.train_loader, self.data = train_loader, data
+        self._open_cache = open_cache
         self.cache: TeacherCache | None = None
 
     # ---- the Step protocol ---------------------------------------------------------------
@@ -127,40 +112,8 @@ class DistillStep:
         """Methods' one-off work (fresh runs only), then the teacher cache, which needs it."""
         if fresh:
             self.methods.prepare(self.teacher, self.train_loader)
-        if self.runtime.teacher_cache:
+        if self._open_cache is not None:
             self.cache = self.forward.cache = self._open_cache()
-
-    def _open_cache(self) -> TeacherCache:
-        runtime = self.runtime
-        if self.teacher is None:
-            raise ValueError("--teacher-cache needs a teacher")
-        outputs = cached_outputs(self.methods)  # refuses methods that read live features
-        data = self.data
-        if not getattr(data, "resident", True):
-            raise ValueError(
-                "--teacher-cache needs a data set held in memory: a streamed set's random "
-                "resized crops are not a finite set of views"
-            )
-        root = Path(runtime.teacher_cache)
-        if distributed.world()[0] == 0 and not (root / "meta.json").is_file():
-            build_cache(
-                root, self.teacher, data, self.device, outputs=outputs,
-                augment=self.train_loader.augment,
-                topk=runtime.teacher_cache_topk, precision=self.precision,
-                channels_last=self.train_loader.channels_last,
-                quiet=runtime.quiet,
-            )  # fmt: skip
-        distributed.barrier()
-        cache = open_cache(
-            root, self.teacher, data, self.device, runtime.teacher_cache_mmap, outputs=outputs
-        )
-        if cache.meta["topk"] != runtime.teacher_cache_topk:
-            raise ValueError(
-                f"teacher cache {root} keeps top-{cache.meta['topk']} logits, "
-                f"not top-{runtime.teacher_cache_topk}"
-            )
-        return cache
-
     def start_epoch(self, epoch: int) -> dict[str, Any]:
         self.forward.train()
         return {"lr": self.optimizer.param_groups[0]["lr"], **self.methods.start_epoch(epoch)}

@@ -73,7 +73,8 @@ class EpochLoop:
 
     ``identity`` (e.g. method and data) is stored in ``last.pt`` and must match on resume.
     ``loggers`` receive every epoch's record (TensorBoard, a teacher ladder ...); ``facts``
-    (model, data, seed ...) go into the summary as they are.
+    (model, data, seed ...) go into the summary as they are; ``finish`` amends the summary
+    before ``summary.json`` is written (a pipeline's own fields, while the run holds its folder).
     """
 
     def __init__(
@@ -88,8 +89,10 @@ class EpochLoop:
         quiet: bool = False,
         label: str = "epoch",
         facts: dict[str, Any] | None = None,
+        finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ):
         self.step = step
+        self.finish = finish
         self.train_loader, self.test_loader = train_loader, test_loader
         self.epochs = epochs
         self.run = run
@@ -172,7 +175,10 @@ class EpochLoop:
                 self._finish_epoch(record, seconds)
                 if stop.requested_anywhere(self._device):
                     stop.check(self.epoch)  # at the boundary: last.pt holds this epoch
-        summary = RunSummary.from_dict(self.summary())  # the declared schema, run or no run
+        fields = self.summary()
+        if self.finish is not None:
+            fields = self.finish(fields)
+        summary = RunSummary.from_dict(fields)  # the declared schema, run or no run
         if self.run is not None:
             self.run.write_summary(summary)
         return summary.to_dict()

@@ -25,10 +25,8 @@ from torch import nn
 
 from mhkd import checkpoint
 from mhkd.config import ConfigError, RunConfig
-from mhkd.loop import set_seed
 from mhkd.methods.base import expand, method_class
-from mhkd.pipelines.proxy import _stage
-from mhkd.pipelines.training import TrainingRun, load_data, load_model
+from mhkd.pipelines.builder import fit_stage, load_teacher, stage_inputs
 from mhkd.rundir import RunDirectory
 
 #: Methods with a pre-training stage, and whether stage 2 keeps the method (FT) or drops it.
@@ -105,31 +103,25 @@ def run_with_pretraining(
     if out is None and PRETRAINED[name]:
         raise ConfigError(f"{name}'s paraphraser stage needs a run directory (out)")
     out = Path(out) if out is not None else None
-    splits = splits if splits is not None else load_data(config)
-    set_seed(config.runtime.seed)
-    student = load_model(student if student is not None else config.models.student,
-                         splits.num_classes)  # fmt: skip
-    source = teacher if teacher is not None else config.models.teacher
-    if source is None:
-        raise ConfigError(f"method {name} distils from a teacher: pass --teacher")
-    teacher = load_model(source, splits.num_classes, config.models.teacher_arch)
+    splits, student = stage_inputs(config, splits, student)
+    teacher = load_teacher(config, teacher, splits.num_classes,
+                           f"method {name} distils from a teacher")  # fmt: skip
     stage_out = out / "pretrain" if out is not None else None
     if not config.runtime.quiet:
         where = f" -> {stage_out}" if stage_out else ""
         print(f"{name}: pre-training stage, {config.options[name].init_epochs} epochs{where}",
               file=sys.stderr)  # fmt: skip
     first = copy.deepcopy(student).requires_grad_(False) if PRETRAINED[name] else student
-    trained = _stage(_stage_one_config(config, name), stage_out, first, teacher, splits, resume,
-                     overwrite)  # fmt: skip
+    trained = fit_stage(_stage_one_config(config, name), stage_out, student=first,
+                        teacher=teacher, splits=splits, resume=resume,
+                        overwrite=overwrite).student  # fmt: skip
     if PRETRAINED[name]:
         _save_paraphraser(stage_out, paraphraser_path(out))
     else:
         student = trained
-    again = resume and out is not None and (out / "checkpoints" / "last.pt").is_file()
     facts = {"pretrain_method": name, "pretrain_dir": str(stage_out) if stage_out else None,
              "pretrain_epochs": config.options[name].init_epochs}  # fmt: skip
-    run = TrainingRun(
+    return fit_stage(
         _stage_two_config(config, name, out), out, student=student, teacher=teacher,
-        splits=splits, resume=again, overwrite=overwrite, extra_config=facts, **options,
-    )  # fmt: skip
-    return run.fit()
+        splits=splits, resume=resume, overwrite=overwrite, facts=facts, **options,
+    ).summary  # fmt: skip

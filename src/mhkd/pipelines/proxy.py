@@ -22,10 +22,15 @@ from torch import nn
 
 from mhkd import checkpoint, models
 from mhkd.config import AuxConfig, ConfigError, RunConfig
-from mhkd.loop import set_seed
 from mhkd.methods.base import expand
 from mhkd.methods.infoflow import default_layers
-from mhkd.pipelines.training import TrainingRun, load_data, load_model
+from mhkd.pipelines.builder import (
+    deployable_state,
+    fit_stage,
+    load_model,
+    load_teacher,
+    stage_inputs,
+)
 
 #: The proxy's width relative to the student, as in the paper ("about twice its width").
 PROXY_WIDTH = 2.0
@@ -49,26 +54,6 @@ def build_proxy(student: nn.Module, width: float = PROXY_WIDTH) -> nn.Module:
 def proxy_checkpoint(out: str | Path) -> Path:
     """Where the proxy trained for run directory ``out`` is saved (its final weights)."""
     return Path(out) / "aux" / "proxy.pt"
-
-
-def _stage(
-    config: RunConfig,
-    out: Path | None,
-    model: nn.Module,
-    teacher: nn.Module | None,
-    splits: Any,
-    resume: bool,
-    overwrite: bool,
-) -> nn.Module:
-    """Fit one stage, or continue it; returns the model. A stage already finished is resumed
-    too, which trains nothing but checks its stored settings against these."""
-    again = resume and out is not None and (out / "checkpoints" / "last.pt").is_file()
-    run = TrainingRun(
-        config, out, student=model, teacher=teacher, splits=splits, overwrite=overwrite,
-        resume=again,
-    )  # fmt: skip
-    run.fit()
-    return run.student
 
 
 def _no_cache(runtime: Any) -> Any:
@@ -120,17 +105,11 @@ def train_proxy(
         if not config.runtime.quiet:
             where = f" -> {phase_out}" if phase_out else ""
             print(f"proxy teacher: {phase} phase, {epochs} epochs{where}", file=sys.stderr)
-        proxy = _stage(phase_config, phase_out, proxy, teacher if distilling else None, splits,
-                       resume, overwrite)  # fmt: skip
+        proxy = fit_stage(phase_config, phase_out, student=proxy,
+                          teacher=teacher if distilling else None, splits=splits, resume=resume,
+                          overwrite=overwrite).student  # fmt: skip
     if out is not None:
-        checkpoint.save(
-            {
-                "format": checkpoint.MODEL_FORMAT,
-                "arch": checkpoint.model_spec(proxy),
-                "model": proxy.state_dict(),
-            },
-            proxy_checkpoint(out),
-        )
+        checkpoint.save(deployable_state(proxy), proxy_checkpoint(out))
     return proxy
 
 
@@ -151,18 +130,11 @@ def run_with_proxy(
             f"--aux is information flow's proxy teacher; method {config.method!r} has no infoflow"
         )
     out = Path(out) if out is not None else None
-    splits = splits if splits is not None else load_data(config)
-    set_seed(config.runtime.seed)  # the student and the proxy are initialised from the seed
-    student = load_model(student if student is not None else config.models.student,
-                         splits.num_classes)  # fmt: skip
+    splits, student = stage_inputs(config, splits, student)  # the proxy is seeded after it
     mode = config.aux.mode
     if mode == "auto":
-        source = teacher if teacher is not None else config.models.teacher
-        if source is None:
-            raise ConfigError("--aux auto trains the proxy from the teacher: pass --teacher")
-        real_teacher = load_model(source, splits.num_classes, config.models.teacher_arch,
-                                  "--teacher")  # fmt: skip
-        real_teacher.requires_grad_(False).eval()
+        real_teacher = load_teacher(config, teacher, splits.num_classes,
+                                    "--aux auto trains the proxy from the teacher")  # fmt: skip
         proxy = train_proxy(build_proxy(student, config.aux.width), real_teacher, config, splits,
                             out, resume, overwrite)  # fmt: skip
         where = str(proxy_checkpoint(out)) if out is not None else None
@@ -178,9 +150,7 @@ def run_with_proxy(
         "infoflow_aux_model": (checkpoint.model_spec(proxy) or {}).get("name"),
         "infoflow_aux_params": sum(p.numel() for p in proxy.parameters()),
     }
-    again = resume and out is not None and (out / "checkpoints" / "last.pt").is_file()
-    run = TrainingRun(
+    return fit_stage(
         student_config, out, student=student, teacher=proxy.requires_grad_(False).eval(),
-        splits=splits, resume=again, overwrite=overwrite, extra_config=facts, **options,
-    )  # fmt: skip
-    return run.fit()
+        splits=splits, resume=resume, overwrite=overwrite, facts=facts, **options,
+    ).summary  # fmt: skip

@@ -28,23 +28,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from mhkd import checkpoint, hardware
+from mhkd import checkpoint, distributed, hardware
 from mhkd import config as cfg
 from mhkd.config import OptimConfig, RunConfig, ScheduleConfig
-from mhkd.data import DataSplits, make_loaders
+from mhkd.data import DataSplits
 from mhkd.data.batch import Batch
 from mhkd.distill import input_shape
-from mhkd.loop import EpochLoop, StepOutput, evaluate, set_seed, weighted_sum
+from mhkd.loop import StepOutput, evaluate, set_seed, weighted_sum
 from mhkd.methods.base import option
 from mhkd.models import resize
 from mhkd.models.complexity import profile
-from mhkd.pipelines.training import TrainingRun, load_data, load_model, resolve_device
+from mhkd.pipelines.builder import (
+    Hardware,
+    Run,
+    RunParts,
+    build_run,
+    check_classes,
+    claim,
+    deployable_state,
+    describe,
+    load_data,
+    load_model,
+)
 from mhkd.prune.baselines import BASELINES, baseline_scores
 from mhkd.prune.cascade import Cascade, cascade_keeps, cascade_loss, hint_loss
 from mhkd.prune.export import export, latency_ms
 from mhkd.prune.groups import ModelLayout, PruneError, find_layout
 from mhkd.prune.masks import MaskedNet, check_keep, magnitude_scores
-from mhkd.rundir import RunDirectory, RunSummary, require_resumable
+from mhkd.rundir import RunSummary, require_resumable
 from mhkd.taps import Taps
 
 STAGE1 = "stage1"
@@ -161,30 +172,24 @@ class TeacherLadder(nn.Module):
 
 
 class CascadeStep:
-    """Stage 1's step: the cascade's weights (SGD) and channel scores trained jointly."""
+    """Stage 1's step: the cascade's weights (SGD, cosine) and channel scores trained jointly."""
 
-    def __init__(self, original: nn.Module, cascade: Cascade, config: PruneRunConfig,
-                 device: torch.device, hint_layers: list[str], keeps: list[float],
-                 data_name: str):  # fmt: skip
-        self.original, self.cascade, self.device = original, cascade, device
-        self.settings = config.prune
-        self.precision = hardware.resolve_precision(config.runtime.precision, device)
+    def __init__(self, parts: RunParts, original: nn.Module, cascade: Cascade,
+                 settings: PruneSettings, hint_layers: list[str]):  # fmt: skip
+        self.original, self.cascade, self.settings = original, cascade, settings
+        self.device, self.precision = parts.hardware.device, parts.hardware.precision
+        self.input_shape = parts.input_shape
         self.hint_layers = hint_layers
         self.teacher_taps = Taps(original, hint_layers)
-        self.keeps, self.data_name = keeps, data_name
-        o, p = config.optim, config.prune
-        self.optimizer = torch.optim.SGD(
-            cascade.weight_parameters(), lr=o.lr, momentum=o.momentum,
-            weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0,
-        )  # fmt: skip
-        scores = cascade.score_parameters()
+        self.model = parts.distributed(cascade)
+        cosine = dataclasses.replace(parts.config.schedule, kind="cosine")
+        self.optimizer, self.scheduler = parts.optimizer(cascade.weight_parameters(),
+                                                         schedule=cosine)  # fmt: skip
+        scores, p = cascade.score_parameters(), settings
         self.score_optimizer: torch.optim.Optimizer = (
             torch.optim.RMSprop(scores, lr=p.score_lr)
             if p.score_optimizer == "rmsprop"
             else torch.optim.SGD(scores, lr=p.score_lr, momentum=0.9)
-        )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, config.schedule.epochs
         )
         self.weights = {"ce": 1.0, "kd": p.kd_weight, "hint": p.hint_weight}
 
@@ -199,7 +204,7 @@ class CascadeStep:
         with hardware.autocast(self.device, self.precision):
             with torch.no_grad():
                 teacher_logits = self.original(batch.images)
-            logits = self.cascade(batch.images)
+            logits = self.model(batch.images)
         terms = cascade_loss(logits, teacher_logits, batch.labels, self.settings.temperature)
         if self.hint_layers:
             terms["hint"] = hint_loss(self.cascade.hint_features(), self.teacher_taps.pop())
@@ -238,7 +243,8 @@ class CascadeStep:
         return None
 
     def summary(self) -> dict[str, Any]:
-        return {}
+        """The original's sizes: the stage trains masked copies of it."""
+        return {**profile(self.original, self.input_shape), "precision": self.precision}
 
     def close(self) -> None:
         self.cascade.close_taps()
@@ -292,21 +298,22 @@ def run_prune(
 
 
 class Pruning:
-    """One pruning run; ``run()`` does whichever stages the run directory does not have yet."""
+    """One pruning run; ``run()`` does whichever stages the run directory does not have yet.
+
+    Both stages are runs of the builder: stage 1 steps with :class:`CascadeStep` (or, for a
+    baseline, trains nothing), stage 2 is an ordinary KD (or CE) training run.
+    """
 
     def __init__(self, original: nn.Module, splits: DataSplits, config: PruneRunConfig,
                  out: str | Path | None, resume: bool, overwrite: bool):  # fmt: skip
-        from mhkd.pipelines.training import check_classes
-
         check_classes(original, splits.num_classes, "model to prune")
         self.config, self.settings = config, config.prune
         self.splits = splits
         self.out = Path(out) if out is not None else None
         self.resume, self.overwrite = resume, overwrite
-        self.device = resolve_device(config.runtime.device)
-        self.precision = hardware.resolve_precision(config.runtime.precision, self.device)
+        self.hardware = Hardware.resolve(config.runtime)
         self.input_shape = input_shape(splits)
-        self.original = original.to(self.device)
+        self.original = original.to(self.hardware.device)
         self.layout: ModelLayout = find_layout(self.original, self.input_shape)
         self.original.eval().requires_grad_(False)
         self.keeps = cascade_keeps(
@@ -317,112 +324,103 @@ class Pruning:
         return self.out.joinpath(STAGE1, *parts) if self.out is not None else None
 
     def _describe(self) -> dict[str, Any]:
-        spec = checkpoint.model_spec(self.original)
         return {
             "prune": dataclasses.asdict(self.settings),
-            "model": spec["name"] if spec else type(self.original).__name__,
+            "model": describe(self.original),
             "keeps": self.keeps,
             "prunable_groups": len(self.layout.groups),
             "prunable_channels": sum(g.size for g in self.layout.groups),
         }
 
-    def _stage1_config(self) -> dict[str, Any]:
-        """Stage 1's config.yaml: the whole pruning configuration and what it resolved to."""
-        return {**cfg.to_dict(self.config), "resolved": self._describe()}
-
     def run(self) -> PruneResult:
-        done = self._stage1(STAGE1_RECORD)
-        if self.resume and done is not None and done.is_file():
-            RunDirectory(self._stage1()).record_config(self._stage1_config(), resume=True)
-            student, ladder, stage1 = self._load_stage1()
+        if self.resume and self._stage1(STAGE1_RECORD) is not None and \
+                self._stage1(STAGE1_RECORD).is_file():  # fmt: skip
+            with self._stage1_run(None, resume=True):  # checks the stored settings
+                student, ladder, stage1 = self._load_stage1()
         else:
             student, ladder, stage1 = self._run_stage1()
         return self._run_stage2(student, ladder, stage1)
 
     # ---- stage 1 ---------------------------------------------------------------------------
-    def _loaders(self):
-        c = self.config
-        return make_loaders(self.splits, c.optim.batch_size, device=self.device,
-                            seed=c.runtime.seed, eval_batch_size=c.optim.eval_batch_size,
-                            augment=c.data.augment)  # fmt: skip
+    def _stage1_run(self, step: Any, resume: bool, finish: Any = None) -> Run:
+        """Stage 1 as a run of the builder in ``OUT/stage1``; config.yaml is the whole pruning
+        configuration and what it resolved to."""
+        return build_run(
+            self.config, self._stage1(), step=step, student=self.original, splits=self.splits,
+            overwrite=self.overwrite, resume=resume, label="stage 1 epoch",
+            record={**cfg.to_dict(self.config), "resolved": self._describe()},
+            identity={"keeps": self.keeps, "data": self.splits.name},
+            facts={**self._describe(), "method": "cascade"}, finish=finish,
+        )  # fmt: skip
 
     def _run_stage1(self) -> tuple[nn.Module, list[nn.Module], dict[str, Any]]:
-        settings = self.settings
-        train_loader, test_loader = self._loaders()
-        run = RunDirectory(self._stage1(), writes=True) if self.out is not None else None
-        try:
-            if run is not None:
-                run.claim(overwrite=self.overwrite, resume=self.resume)
-                run.record_config(self._stage1_config(), resume=self.resume)
-            if settings.baseline:
-                scores = baseline_scores(settings.baseline, self.original, self.layout.groups,
-                                         train_loader, settings.taylor_batches)  # fmt: skip
-                masked = [MaskedNet(copy.deepcopy(self.original), self.layout.groups,
-                                    settings.keep, scores, True)]  # fmt: skip
-                summary: dict[str, Any] = {}
-            else:
-                cascade, summary = self._train_cascade(run, train_loader, test_loader)
-                masked = list(cascade.models)
-            for net in masked:
-                net.frozen = True
-                net.eval()
-            exported = [export(m, self.input_shape).to(self.device) for m in masked]
-            for net in exported:
-                net.requires_grad_(True)
-            probe = next(iter(test_loader)).images
-            with torch.no_grad():
-                diff = (masked[0](probe) - exported[0].eval()(probe)).abs().max().item()
-            accuracies = [evaluate(m, test_loader, self.device, self.precision) for m in exported]
-            stage1 = {
-                **summary,
-                "test_acc_models": accuracies,
-                "kept_fractions": [m.kept_fraction() for m in masked],
-                "export_max_abs_diff": diff,
-                "ladder_test_acc": accuracies[1:]
-                + [evaluate(self.original, test_loader, self.device, self.precision)],
-            }
-            if run is not None:
-                for i, net in enumerate(exported):
-                    name = "student.pt" if i == 0 else f"assistant{i}.pt"
-                    checkpoint.save(_exported_state(net, self.splits), self._stage1(name))
-                _write_json(self._stage1(STAGE1_RECORD), stage1)
-        finally:
-            if run is not None:
-                run.close()
-        return exported[0], exported[1:], stage1
+        started = self.resume and self._stage1() is not None and \
+            self._stage1("checkpoints", "last.pt").is_file()  # fmt: skip
+        if self.settings.baseline:
+            s = self.settings
+            with self._stage1_run(None, resume=self.resume) as run:
+                scores = baseline_scores(s.baseline, self.original, self.layout.groups,
+                                         run.parts.train_loader, s.taylor_batches)  # fmt: skip
+                masked = [MaskedNet(copy.deepcopy(self.original), self.layout.groups, s.keep,
+                                    scores, True)]  # fmt: skip
+                return self._export(masked, {}, run.parts.test_loader)
+        cascades: list[Cascade] = []
+        results: list[tuple[nn.Module, list[nn.Module], dict[str, Any]]] = []
 
-    def _train_cascade(self, run: RunDirectory | None, train_loader, test_loader):
+        def export_trained(summary: dict[str, Any]) -> dict[str, Any]:
+            results.append(self._export(list(cascades[0].models), summary, run.parts.test_loader))
+            return summary
+
+        run = self._stage1_run(lambda parts: self._cascade_step(parts, cascades), started,
+                               finish=export_trained)  # fmt: skip
+        run.fit()
+        return results[0]
+
+    def _cascade_step(self, parts: RunParts, built: list[Cascade]) -> CascadeStep:
         s = self.settings
         hint_layers = (s.hint_layers or list(self.layout.shared[-3:])) if s.hint_weight else []
         scores = magnitude_scores(self.original, self.layout.groups)
         cascade = Cascade(self.original, self.layout, self.keeps, scores, hint_layers)
-        cascade.to(self.device).requires_grad_(True).train()
-        step = CascadeStep(self.original, cascade, self.config, self.device, hint_layers,
-                           self.keeps, self.splits.name)  # fmt: skip
-        sizes = profile(self.original, self.input_shape)
-        facts = {**self._describe(), "data": self.splits.name, "seed": self.config.runtime.seed,
-                 "method": "cascade", "teacher": None, "num_classes": self.splits.num_classes,
-                 "precision": self.precision, "channels_last": False,
-                 "params": sizes["params"], "macs": sizes["macs"]}  # fmt: skip
-        loop = EpochLoop(
-            step, train_loader, test_loader, self.config.schedule.epochs, run,
-            identity={"keeps": self.keeps, "data": self.splits.name},
-            quiet=self.config.runtime.quiet, label="stage 1 epoch", facts=facts,
-        )  # fmt: skip
-        try:
-            if self.resume and run is not None and run.path("checkpoints", "last.pt").is_file():
-                loop.resume()
-            summary = loop.fit()
-        finally:
-            step.close()
-        return cascade, summary
+        cascade.to(parts.hardware.device).requires_grad_(True).train()
+        built.append(cascade)
+        return CascadeStep(parts, self.original, cascade, s, hint_layers)
+
+    def _export(self, masked: list[MaskedNet], summary: dict[str, Any],
+                test_loader: Any) -> tuple[nn.Module, list[nn.Module], dict[str, Any]]:  # fmt: skip
+        """Freeze the masks, export every model physically smaller and save them (the stage's
+        run still holds ``OUT/stage1``), with stage 1's record."""
+        device, precision = self.hardware.device, self.hardware.precision
+        for net in masked:
+            net.frozen = True
+            net.eval()
+        exported = [export(m, self.input_shape).to(device) for m in masked]
+        for net in exported:
+            net.requires_grad_(True)
+        probe = next(iter(test_loader)).images
+        with torch.no_grad():
+            diff = (masked[0](probe) - exported[0].eval()(probe)).abs().max().item()
+        accuracies = [evaluate(m, test_loader, device, precision) for m in exported]
+        stage1 = {
+            **summary,
+            "test_acc_models": accuracies,
+            "kept_fractions": [m.kept_fraction() for m in masked],
+            "export_max_abs_diff": diff,
+            "ladder_test_acc": accuracies[1:] + [evaluate(self.original, test_loader, device,
+                                                          precision)],  # fmt: skip
+        }
+        if self.out is not None and distributed.world()[0] == 0:
+            for i, net in enumerate(exported):
+                name = "student.pt" if i == 0 else f"assistant{i}.pt"
+                checkpoint.save(_exported_state(net, self.splits), self._stage1(name))
+            _write_json(self._stage1(STAGE1_RECORD), stage1)
+        return exported[0], exported[1:], stage1
 
     def _load_stage1(self) -> tuple[nn.Module, list[nn.Module], dict[str, Any]]:
         stage1 = json.loads(self._stage1(STAGE1_RECORD).read_text())
         nets = []
         for i in range(len(stage1["test_acc_models"])):
             name = "student.pt" if i == 0 else f"assistant{i}.pt"
-            state = checkpoint.load(self._stage1(name), map_location=self.device)
+            state = checkpoint.load(self._stage1(name), map_location=self.hardware.device)
             net = resize(copy.deepcopy(self.original), state["pruned_channels"])
             net.load_state_dict(state["model"])
             nets.append(net.requires_grad_(True))
@@ -437,15 +435,38 @@ class Pruning:
         teacher = None
         if not s.baseline:
             teacher = TeacherLadder([*ladder, self.original], stage1["ladder_test_acc"])
+
+        def finish(summary: dict[str, Any]) -> dict[str, Any]:
+            return self._pipeline_summary(student, stage1, summary, teacher)
+
         if epochs == 0:  # the exported student as stage 1 left it, under stage 1's facts
             accuracy = stage1["test_acc_models"][0]
-            sizes = profile(student, self.input_shape)
             unchanged = {
                 **{k: stage1[k] for k in RunSummary.declared() if k in stage1},
                 "test_acc": accuracy, "best_test_acc": accuracy, "best_epoch": None,
-                "params": sizes["params"], "macs": sizes["macs"],
+                **profile(student, self.input_shape),
             }  # fmt: skip
-            return self._finish(student, stage1, unchanged, teacher)
+            summary = finish(unchanged)
+            directory = claim(self.out, overwrite=self.overwrite, resume=self.resume, check=False)
+            if directory is not None:
+                with directory:
+                    directory.write_summary(RunSummary.from_dict(summary))
+            return PruneResult(student, summary)
+        started = self.resume and self.out is not None and \
+            (self.out / "checkpoints" / "last.pt").is_file()  # fmt: skip
+        run = build_run(
+            self._stage2_config(epochs), self.out, student=student, teacher=teacher,
+            splits=self.splits, overwrite=self.overwrite, resume=started,
+            loggers=[teacher.observe] if teacher is not None else [],
+            facts=self._describe(), finish=finish,
+        )  # fmt: skip
+        if started and teacher is not None:
+            teacher.replay(run.directory.read_metrics())
+        return PruneResult(run.student, run.fit())
+
+    def _stage2_config(self, epochs: int) -> RunConfig:
+        """Stage 2 is a plain training run: KD from the ladder (CE for the baselines)."""
+        c, s = self.config, self.settings
         stage2 = dataclasses.replace(
             c,
             method="ce" if s.baseline else "kd",
@@ -457,22 +478,13 @@ class Pruning:
         )
         tree = cfg.to_dict(stage2)
         del tree["prune"]
-        stage2 = cfg.build(tree)  # a plain RunConfig: stage 2 is a training run
-        resume = self.resume and self.out is not None and \
-            (self.out / "checkpoints" / "last.pt").is_file()  # fmt: skip
-        run = TrainingRun(
-            stage2, self.out, student=student, teacher=teacher, splits=self.splits,
-            overwrite=self.overwrite, resume=resume,
-            loggers=[teacher.observe] if teacher is not None else [],
-            extra_config=self._describe(),
-        )  # fmt: skip
-        if resume and teacher is not None:
-            teacher.replay(run.run.read_metrics())
-        summary = run.fit()
-        return self._finish(run.student, stage1, summary, teacher)
+        return cfg.build(tree)
 
-    def _finish(self, student: nn.Module, stage1: dict[str, Any], summary: dict[str, Any],
-                teacher: TeacherLadder | None) -> PruneResult:  # fmt: skip
+    def _pipeline_summary(self, student: nn.Module, stage1: dict[str, Any],
+                          summary: dict[str, Any], teacher: TeacherLadder | None
+                          ) -> dict[str, Any]:  # fmt: skip
+        """The pruning run's summary: stage 2's (or stage 1's), sizes and latency before and
+        after, the final teacher."""
         before = profile(self.original, self.input_shape)
         after = profile(student, self.input_shape)
         repeats = self.settings.latency_repeats
@@ -483,7 +495,7 @@ class Pruning:
             }
             for name, net in (("before", self.original), ("after", student))
         }
-        summary = {
+        return {
             **summary,
             **self._describe(),
             "stage1": stage1,
@@ -497,9 +509,6 @@ class Pruning:
             "latency_threads": torch.get_num_threads(),
             "final_teacher": None if teacher is None else teacher.index,
         }
-        if self.out is not None:
-            RunDirectory(self.out).write_summary(RunSummary.from_dict(summary))
-        return PruneResult(student, summary)
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
@@ -509,11 +518,5 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def _exported_state(net: nn.Module, splits: DataSplits) -> dict[str, Any]:
-    return {
-        "format": checkpoint.MODEL_FORMAT,
-        "arch": checkpoint.model_spec(net),
-        "model": net.state_dict(),
-        "pruned_channels": net.pruned_channels,
-        "data": splits.name,
-        "num_classes": splits.num_classes,
-    }
+    return deployable_state(net, pruned_channels=net.pruned_channels, data=splits.name,
+                            num_classes=splits.num_classes)  # fmt: skip

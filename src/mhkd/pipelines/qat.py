@@ -27,7 +27,7 @@ from mhkd.data import Batch
 from mhkd.distill import DistillStep
 from mhkd.fakequant import QuantSim
 from mhkd.loop import StepOutput
-from mhkd.pipelines.training import TrainingRun
+from mhkd.pipelines.builder import Run, RunParts, build_run, distill_step
 from mhkd.quantize import calibration_sample
 
 
@@ -88,21 +88,21 @@ def build_qat(
     calibration_images: int = 300,
     reduce_range: bool = True,
     **options: Any,
-) -> TrainingRun:
-    """The stage as a built :class:`TrainingRun` whose student runs under simulated int8
-    (``run.sim``; call ``run.sim.remove()`` when done) with 7-bit weights unless not
-    ``reduce_range`` (as the int8 export will write them); ``options`` as ``TrainingRun``'s."""
+) -> Run:
+    """The stage as a built :class:`~mhkd.pipelines.builder.Run` whose student runs under
+    simulated int8 (``run.step.sim``; call ``run.step.sim.remove()`` when done) with 7-bit
+    weights unless not ``reduce_range`` (as the int8 export will write them); ``options`` as
+    :func:`~mhkd.pipelines.builder.build_run`'s."""
     bits = 7 if reduce_range else 8
     facts = {"qat": {"calibration_images": calibration_images, "weight_bits": bits}}
-    run = TrainingRun(config, out, extra_config=facts, **options)
-    try:
-        run.sim = QuantSim(run.student, reduce_range)
-        images, _ = calibration_sample(run.splits, calibration_images, config.runtime.seed)
-        run.loop.step = QuantAwareStep(run.step, run.sim, images.to(run.device))
-    except BaseException:
-        run.close()
-        raise
-    return run
+
+    def step(parts: RunParts) -> QuantAwareStep:
+        inner = distill_step(parts)
+        images, _ = calibration_sample(parts.splits, calibration_images, config.runtime.seed)
+        sim = QuantSim(parts.student, reduce_range)
+        return QuantAwareStep(inner, sim, images.to(parts.hardware.device))
+
+    return build_run(config, out, step=step, facts=facts, **options)
 
 
 def run_qat(config: cfg.RunConfig, out: str | Path, **options: Any) -> dict[str, Any]:
@@ -111,4 +111,4 @@ def run_qat(config: cfg.RunConfig, out: str | Path, **options: Any) -> dict[str,
     try:
         return run.fit()
     finally:
-        run.sim.remove()
+        run.step.sim.remove()

@@ -22,7 +22,7 @@ from typing import Any
 
 from mhkd import config as cfg
 from mhkd.data import subset_per_class
-from mhkd.pipelines.training import TrainingRun, load_data
+from mhkd.pipelines.builder import build_run, load_data
 from mhkd.preemption import RunInterrupted
 from mhkd.rundir import RunDirectory, RunDirectoryError
 
@@ -73,7 +73,7 @@ def _quickstart(out: Path, seed: int, quiet: bool, overwrite: bool) -> list:
     say(f"[1/{total}] teacher {TEACHER} on digits")
     teacher_config = config(student=TEACHER, epochs=EPOCHS["teacher"], batch_size=BATCH["teacher"])
     splits = load_data(teacher_config)
-    teacher = TrainingRun(teacher_config, out / "teacher", splits=splits, overwrite=overwrite)
+    teacher = build_run(teacher_config, out / "teacher", splits=splits, overwrite=overwrite)
     teacher_summary = teacher.fit()
     rows = [("teacher " + TEACHER, teacher_summary)]
     labelled = subset_per_class(splits, LABELLED, seed)
@@ -83,7 +83,7 @@ def _quickstart(out: Path, seed: int, quiet: bool, overwrite: bool) -> list:
             student=STUDENT, epochs=EPOCHS["student"], batch_size=BATCH["student"],
             train_per_class=LABELLED, method=method, options=options,
         )  # fmt: skip
-        run = TrainingRun(
+        run = build_run(
             student_config, out / f"student-{method}",
             teacher=None if method == "ce" else teacher.student, splits=labelled,
             overwrite=overwrite,
