@@ -50,10 +50,10 @@ from torch import Tensor, nn
 
 from mhkd import hardware
 from mhkd.data import IDENTITY_VIEW, NUM_VIEWS, DataSplits, apply_views, normalize
+from mhkd.lock import LockHolder
 from mhkd.methods.base import MethodSet, ModelOutput, TeacherUse
 from mhkd.preemption import RunInterrupted
 from mhkd.progress import Progress
-from mhkd.rundir import LockHolder
 from mhkd.taps import Taps
 
 FORMAT = "mhkd-teacher-cache/2"
