@@ -293,7 +293,7 @@ def distill_stage(run: cfg.RunConfig, teacher, student, folder: Path) -> cfg.Run
     path = paraphraser_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = methods.methods[name].paraphraser.state_dict()
-    checkpoint.save({"format": "mhkd/1", "paraphraser": state}, path)
+    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "paraphraser": state}, path)
     return _stage_two_config(run, name, folder)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import multiprocessing
@@ -17,12 +16,13 @@ import torch
 
 from mhkd import checkpoint
 from mhkd.rundir import (
-    LockHolder,
     RunDirectory,
     RunDirectoryAccessError,
     RunDirectoryError,
     RunSummary,
 )
+
+from test_lock import dead_pid, write_lock
 
 ARTEFACTS = ["config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
              "checkpoints/best.pt", "tensorboard/events.out.tfevents.1"]  # fmt: skip
@@ -36,19 +36,6 @@ def summary(**changes) -> RunSummary:
         peak_host_memory_mb=300.0, extra={"teacher_params": 4000},
     )  # fmt: skip
     return RunSummary(**{**fields, **changes})
-
-
-def write_lock(root: Path, pid: int, host: str | None = None) -> LockHolder:
-    holder = LockHolder(pid, host or socket.gethostname(), "2026-01-02 03:04:05", "mhkd x", "t0")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / ".lock").write_text(json.dumps(dataclasses.asdict(holder)))
-    return holder
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
 
 
 # ---- claiming ----------------------------------------------------------------------------

@@ -4,13 +4,17 @@ refused when they do not match."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 
 import pytest
 import torch
 
-from mhkd import config, data
+from mhkd import config, data, teacher_cache
 from mhkd.data import NUM_VIEWS, apply_views, normalize
 from mhkd.data.batch import Batch
+from mhkd.lock import LockHolder
 from mhkd.methods import MethodContext, MethodSet, ModelOutput
 from mhkd.methods.mhkd import MHKDOptions
 from mhkd.pipelines.builder import fit
@@ -18,6 +22,7 @@ from mhkd.taps import Taps
 from mhkd.teacher_cache import CacheError, build_cache, cached_outputs, open_cache
 
 from conftest import TinyNet
+from test_lock import dead_pid, write_lock
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +236,50 @@ def test_cache_refuses_methods_that_read_teacher_features(
     assert f"{live} of {method!r} read live teacher features" in message
     assert not (tmp_path / "cache" / "meta.json").exists()  # refused before building anything
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # and before training
+
+
+# ---- one build at a time (mhkd.lock) ---------------------------------------------------------
+def test_a_build_in_progress_elsewhere_is_refused_in_the_cache_s_words(
+    tmp_path, teacher, tiny_data
+):
+    def build():
+        build_cache(tmp_path, teacher, tiny_data, torch.device("cpu"), augment=False, quiet=True)
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        write_lock(tmp_path, sleeper.pid)
+        with pytest.raises(CacheError) as refused:
+            build()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert str(refused.value) == (
+        f"teacher cache {tmp_path} is being built by pid {sleeper.pid}@{socket.gethostname()} "
+        f"since 2026-01-02 03:04:05 (if it no longer runs, delete {tmp_path / '.lock'})"
+    )
+    (tmp_path / ".lock").write_text("")  # a builder that died between create and write
+    with pytest.raises(CacheError, match=r"by another process \(if it no .*/\.lock\)$"):
+        build()
+    write_lock(tmp_path, dead_pid())
+    (tmp_path / ".lock.takeover").touch()  # a rival taking the stale lock over
+    with pytest.raises(CacheError) as refused:
+        build()
+    assert str(refused.value) == (
+        f"teacher cache {tmp_path} is being built by another process (if none is, delete "
+        f"{tmp_path / '.lock.takeover'})"
+    )
+    assert not (tmp_path / "meta.json").exists()
+
+
+def test_a_dead_builder_s_lock_is_taken_over_and_the_build_s_own_removed(
+    tmp_path, teacher, tiny_data
+):
+    write_lock(tmp_path, dead_pid())
+    build_cache(tmp_path, teacher, tiny_data, torch.device("cpu"), augment=False, quiet=True)
+    assert (tmp_path / "meta.json").is_file() and not (tmp_path / ".lock").exists()
+    with teacher_cache._build_lock(tmp_path):
+        assert LockHolder.read(tmp_path / ".lock").pid == os.getpid()
+        held = pytest.raises(CacheError, match="is being built by pid")  # held here: not stale
+        with held, teacher_cache._build_lock(tmp_path):
+            pass
+    assert not (tmp_path / ".lock").exists()

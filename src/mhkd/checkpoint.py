@@ -349,9 +349,9 @@ def load_model(
     refused. ``map_location`` is where the file's tensors are read to (GPU-saved files load on
     a CPU); the model is built on the CPU.
 
-    The metadata: ``format`` (``mhkd/1``, ``repdistiller``, ``state_dict``), ``arch`` (the zoo
-    spec), ``data`` (``None`` when the file does not say), ``num_classes``, ``test_acc``,
-    ``epoch`` and ``source`` (a phrase saying where the architecture came from).
+    The metadata: ``format`` (:data:`MODEL_FORMAT`, ``repdistiller``, ``state_dict``),
+    ``arch`` (the zoo spec), ``data`` (``None`` when the file does not say), ``num_classes``,
+    ``test_acc``, ``epoch`` and ``source`` (a phrase saying where the architecture came from).
     Every failure is a one-line :class:`CheckpointError` naming the file.
     """
     path = Path(path)

@@ -9,12 +9,9 @@
     OUT/checkpoints/last.pt   everything needed to resume exactly
     OUT/checkpoints/best.pt   the deployable student at its best test accuracy
 
-Why a lock: two runs started on one folder would otherwise interleave their metrics and replace
-each other's files. :meth:`RunDirectory.claim` creates ``.lock`` with ``O_CREAT|O_EXCL`` before
-anything else is written, so exactly one process wins; the lock names its holder, so a second
-claimer is told who runs there, and a lock left on this host by a process that no longer runs
-(killed with -9, a node reboot) is recognised, named and taken over. A lock written on another
-host cannot be checked from here: it is refused, and the message says which file to delete.
+A run claims its folder before anything else is written, by the lock protocol of
+:mod:`mhkd.lock`: one process at a time, a second claimer told who runs there, a lock left on
+this host by a process that no longer runs taken over and named.
 
 Text files are replaced atomically (a temporary file and a rename) so a full disk or a kill
 never leaves half a config or summary, and they are created like any other file (mode 0o666
@@ -28,12 +25,8 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
-import shlex
 import shutil
-import socket
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +35,9 @@ from typing import Any
 import torch
 import yaml
 
-from mhkd import checkpoint
+from mhkd import checkpoint, lock
 
-LOCK = ".lock"
+LOCK = lock.NAME
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -64,10 +57,6 @@ RESUME_MAY_DIFFER = (
     "runtime.tensorboard", "runtime.quiet", "resolved.device", "resolved.channels_last",
     "prune.latency_repeats",
 )  # fmt: skip
-#: Lock files this process holds, so a second claim from the same process is refused while a
-#: lock naming this pid but not held (left by an earlier process that had the same pid, e.g. a
-#: restarted container) is stale.
-_HELD: set[str] = set()
 
 
 class RunDirectoryError(ValueError):
@@ -161,65 +150,6 @@ class RunSummary:
         return default if value is None else value
 
 
-# ---- the lock ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LockHolder:
-    """The process a ``.lock`` file names."""
-
-    pid: int
-    host: str
-    started: str
-    command: str
-    token: str
-
-    @classmethod
-    def me(cls) -> LockHolder:
-        return cls(
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            started=time.strftime("%Y-%m-%d %H:%M:%S"),
-            command=shlex.join(sys.argv),
-            token=secrets.token_hex(8),
-        )
-
-    @classmethod
-    def read(cls, path: Path) -> LockHolder | None:
-        """The holder a lock file names; ``None`` when it is gone, empty or garbled."""
-        try:
-            fields = json.loads(path.read_text())
-            holder = cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
-        return holder if isinstance(holder.pid, int) else None
-
-    def describe(self) -> str:
-        return f"pid {self.pid}@{self.host} since {self.started}"
-
-    def is_stale(self, lock: Path) -> bool:
-        """True when the holder ran on this host and no longer runs."""
-        if self.host != socket.gethostname():
-            return False
-        if self.pid == os.getpid():
-            return _key(lock) not in _HELD  # an earlier process that had this pid
-        return not _alive(self.pid)
-
-
-def _key(lock: Path) -> str:
-    return os.path.realpath(lock)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 # ---- the run directory -------------------------------------------------------------------
 class RunDirectory:
     """One run's folder: claim, configuration, metrics, checkpoints and summary.
@@ -246,7 +176,7 @@ class RunDirectory:
         self.readonly = readonly
         self.writes = writes and not readonly and self.root is not None
         self.warn = warn
-        self._holder: LockHolder | None = None
+        self._holder: lock.LockHolder | None = None
         self._created = False  # the claim made the folder
 
     def __repr__(self) -> str:
@@ -286,10 +216,7 @@ class RunDirectory:
         """Release the lock (if this process still holds it)."""
         if self._holder is None:
             return
-        lock = self.path(LOCK)
-        _HELD.discard(_key(lock))
-        if LockHolder.read(lock) == self._holder:
-            lock.unlink(missing_ok=True)
+        lock.release(self.root, self._holder)
         self._holder = None
         if self._created:  # e.g. a --resume into a mistyped folder: leave nothing behind
             self._created = False
@@ -303,52 +230,13 @@ class RunDirectory:
         self.close()
 
     def _lock(self) -> None:
-        lock = self.path(LOCK)
-        me = LockHolder.me()
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                holder = LockHolder.read(lock)
-                if holder is None or not holder.is_stale(lock):
-                    raise RunDirectoryError(self._busy(holder)) from None
-                self._take_over(lock, holder)
-                continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps(dataclasses.asdict(me)) + "\n")
-            except BaseException:
-                lock.unlink(missing_ok=True)  # a half-written lock would block every claim
-                raise
-            _HELD.add(_key(lock))
-            self._holder = me
-            return
-        raise RunDirectoryError(self._busy(LockHolder.read(lock)))
-
-    def _busy(self, holder: LockHolder | None) -> str:
-        lock = self.path(LOCK)
-        who = holder.describe() if holder is not None else "another process"
-        return f"run directory {self.root} is in use by {who} (if it no longer runs, delete {lock})"
-
-    def _take_over(self, lock: Path, stale: LockHolder) -> None:
-        """Remove a stale lock; a guard file makes sure only one claimer removes it."""
-        guard = lock.with_name(LOCK + ".takeover")
         try:
-            os.close(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
+            self._holder = lock.acquire(self.root, self.warn)
+        except lock.LockBusy as busy:
+            doing = "being claimed by" if busy.guard else "in use by"
             raise RunDirectoryError(
-                f"run directory {self.root} is being claimed by another process "
-                f"(if none is, delete {guard})"
+                f"run directory {self.root} is {doing} {busy.who} {busy.hint}"
             ) from None
-        try:
-            if LockHolder.read(lock) == stale:  # not replaced meanwhile by a live claimer
-                lock.unlink(missing_ok=True)
-                self.warn(
-                    f"took over the lock of {self.root} left by {stale.describe()}, "
-                    "which no longer runs"
-                )
-        finally:
-            guard.unlink(missing_ok=True)
 
     def _prepare(self, overwrite: bool, resume: bool) -> None:
         found = self.artefacts()

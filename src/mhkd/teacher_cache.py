@@ -32,7 +32,6 @@ CIFAR-100 heads add 3 × 100 fp16 values per sample and view, 4.9 GB over 50 000
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import json
@@ -48,16 +47,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mhkd import hardware
+from mhkd import hardware, lock
 from mhkd.data import IDENTITY_VIEW, NUM_VIEWS, DataSplits, apply_views, normalize
 from mhkd.methods.base import MethodSet, ModelOutput, TeacherUse
 from mhkd.preemption import RunInterrupted
 from mhkd.progress import Progress
-from mhkd.rundir import LockHolder
 from mhkd.taps import Taps
 
 FORMAT = "mhkd-teacher-cache/2"
-LOCK = ".lock"
 
 
 class CacheError(ValueError):
@@ -286,29 +283,14 @@ def build_cache(
 @contextlib.contextmanager
 def _build_lock(root: Path) -> Iterator[None]:
     """``ROOT/.lock`` naming this process for the build; a dead holder's lock is taken over."""
-    lock = root / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            holder = LockHolder.read(lock)
-            if holder is not None and holder.is_stale(lock):
-                lock.unlink(missing_ok=True)
-                continue
-            who = holder.describe() if holder else "another process"
-            raise CacheError(
-                f"teacher cache {root} is being built by {who} (if it no longer runs, "
-                f"delete {lock})"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(dataclasses.asdict(LockHolder.me())) + "\n")
-        break
-    else:
-        raise CacheError(f"teacher cache {root}: cannot take {lock}")
+    try:
+        holder = lock.acquire(root)
+    except lock.LockBusy as busy:
+        raise CacheError(f"teacher cache {root} is being built by {busy.who} {busy.hint}") from None
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release(root, holder)
 
 
 @contextlib.contextmanager
