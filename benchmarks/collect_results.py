@@ -21,6 +21,15 @@ SECTIONS = [
     ("Quickstart on the digits set", ("quickstart_epyc.md", "quickstart.md")),
     ("Train step: mhkd against a bare loop (CE, KD)", ("speed_ce_kd.md", "speed_ce_kd_epyc.md")),
     ("Train step before and after the renovation", ("renovation_speed.md",)),
+    (
+        "CRD step before and after the renovation: the cause",
+        (
+            "crd_renovation/ops_wrn_fp32.md",
+            "crd_renovation/ops_wrn_bf16.md",
+            "crd_renovation/rounds_wrn_fp32.md",
+            "crd_renovation/rounds_resnet_fp32.md",
+        ),
+    ),
     ("Train step per method (KD, MHKD, CRD)", ("speed_methods.md",)),
     ("channels_last on and off", ("speed_layout.md", "speed_layout_epyc.md")),
     ("torch.compile on and off", ("speed_compile.md",)),
