@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mhkd import api, checkpoint, models, optim
+from mhkd import api, checkpoint, models, optim, pipelines
 from mhkd import config as cfg
 from mhkd.checkpoint import load_model
 from mhkd.data.batch import Batch
@@ -179,8 +179,8 @@ def reference_lrs(setting: RefSetting) -> list[float]:
 
 # ---- mhkd's side ---------------------------------------------------------------------------------
 def read(recipe: Path) -> tuple[cfg.RunConfig, dict[str, Any]]:
-    tree, notes = cfg.read_recipe(recipe)
-    return cfg.build(tree, str(recipe)), notes.get("paper", {})
+    config, notes = pipelines.read_recipe(recipe)
+    return config, notes.get("paper", {})
 
 
 def make_batch(seed: int, num_classes: int, num_samples: int, size: int = BATCH) -> Batch:

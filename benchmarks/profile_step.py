@@ -4,7 +4,8 @@ Used to find why CRD's step on wrn_40_2→wrn_16_2 was slower after the renovati
 item 6; benchmarks/RESULTS.md, "CRD step before and after the renovation: the cause"). It
 drives only each checkout's public API, so the same file measures old and new code:
 ``mhkd.train.Trainer`` (before the renovation, f845101) or
-``mhkd.pipelines.training.TrainingRun`` (52b2d46 and later), with bench_speed.py's settings:
+``mhkd.pipelines.training.TrainingRun`` (52b2d46 to b7f6100) or ``mhkd.pipelines.builder.build_run``
+(from the run builder on), with bench_speed.py's settings:
 synthetic CIFAR-100-shaped data of N = 16 385 training images (CRD's banks and its full
 16 384 negatives), batch 64, one thread. A step is what bench_speed.py's ``mhkd`` runner
 times: the next batch from mhkd's loader, then the train step.
@@ -49,6 +50,23 @@ NUM_CLASSES = 100
 CRD_SAMPLES = 16_385  # bench_speed.py's N: enough training samples for 16384 negatives
 
 
+def _run_builder():
+    """The checkout's way to build a run: the run builder, the renovation's ``TrainingRun``, or
+    ``None`` before the renovation (one ``Trainer``)."""
+    try:
+        from mhkd.pipelines.builder import build_run
+
+        return build_run
+    except ImportError:
+        pass
+    try:
+        from mhkd.pipelines.training import TrainingRun
+
+        return TrainingRun
+    except ImportError:
+        return None
+
+
 def build(pair: str, method: str, batch: int, precision: str, channels_last: str, samples: int):
     """``(step, info)``: a callable running one train step of the checkout on PYTHONPATH."""
     import torch
@@ -60,10 +78,8 @@ def build(pair: str, method: str, batch: int, precision: str, channels_last: str
     splits = data.load("synthetic", num_train=samples, num_test=64, num_classes=NUM_CLASSES)
     student = models.create(student_name, num_classes=NUM_CLASSES)
     teacher = models.create(teacher_name, num_classes=NUM_CLASSES) if method != "ce" else None
-    try:
-        from mhkd import config as cfg
-        from mhkd.pipelines.training import TrainingRun
-    except ImportError:  # before the renovation: one Trainer class
+    make_run = _run_builder()
+    if make_run is None:  # before the renovation: one Trainer class
         from mhkd.train import TrainConfig, Trainer
 
         trainer = Trainer(
@@ -77,14 +93,16 @@ def build(pair: str, method: str, batch: int, precision: str, channels_last: str
         loader, train_step = trainer.train_loader, trainer.train_step
         api, resolved_cl = "Trainer", trainer.channels_last
     else:
+        from mhkd import config as cfg
+
         config = cfg.build(cfg.from_keywords(
             data="synthetic", batch_size=batch, method=method, precision=precision,
             channels_last=channels_last, device="cpu", quiet=True,
         ))  # fmt: skip
-        run = TrainingRun(config, student=student, teacher=teacher, splits=splits)
+        run = make_run(config, student=student, teacher=teacher, splits=splits)
         run.step.prepare(fresh=True)  # methods' one-off work, as the loop does before epoch 1
         loader, train_step = run.loop.train_loader, run.step
-        api, resolved_cl = "TrainingRun", loader.channels_last
+        api, resolved_cl = make_run.__name__, loader.channels_last
     batches = iter(())
 
     def step() -> None:  # bench_speed.py's mhkd runner

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mhkd import config as cfg
+from mhkd import pipelines
 from mhkd.pipelines.prune import PruneRunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +46,13 @@ def cell(value: Any) -> str:
 
 def row(path: Path) -> list[str]:
     """One recipe's cells, in :data:`COLUMNS` order, from the configuration it resolves to."""
-    pruning = path.parent.name == "prune"
-    tree, notes = cfg.read_recipe(path, PruneRunConfig if pruning else cfg.RunConfig)
-    config = cfg.build(tree, str(path), PruneRunConfig if pruning else cfg.RunConfig)
+    config, notes = pipelines.read_recipe(path)
     paper = notes.get("paper") or {}
-    method = config.method
-    if pruning:
+    if isinstance(config, PruneRunConfig):
         p = config.prune
         method = f"prune, keep {p.keep}, " + (p.baseline or f"{p.assistants} assistants")
+    else:
+        method = config.method
     models = config.models
     teacher = models.teacher_arch or models.teacher
     pair = f"{teacher} → {models.student}" if teacher else models.student

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mhkd import api, checkpoint, data, losses, models
+from mhkd import api, checkpoint, data, losses, models, pipelines
 from mhkd import config as cfg
 from mhkd.cli import build_parser
 from mhkd.data.batch import Batch
@@ -172,7 +172,7 @@ def test_cli_flags_reach_the_method_and_the_proxy_stage():
          "--aux", "auto", "--aux-epochs", "3", "--infoflow.period-decay", "0.5",
          "--infoflow.kernel-diagonal", "exclude"]
     )  # fmt: skip
-    config = cfg.build(cfg.overrides(args))
+    config = pipelines.build_config(cfg.overrides(args))
     assert config.options == {
         "infoflow": InfoFlowOptions(period_decay=0.5, kernel_diagonal="exclude")
     }

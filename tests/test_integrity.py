@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from test_faults import TINY, error_lines, model_state, subprocess_env, train
 
@@ -87,6 +88,22 @@ def test_an_interrupted_run_resumed_with_its_settings_ends_as_the_whole_run(
     whole = model_state(tmp_path / "whole/checkpoints/last.pt")
     resumed = model_state(cut / "checkpoints/last.pt")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_run_of_the_previous_release_with_its_aux_section_still_resumes(tmp_path, capsys):
+    """Earlier releases wrote the proxy teacher's ``aux`` section (at its defaults) into every
+    run's config.yaml; the section is now the proxy pipeline's, absent from plain runs."""
+    out = tmp_path / "run"
+    assert train(out, 2, "--lr", "0.1") == 0
+    tree = yaml.safe_load((out / "config.yaml").read_text())
+    assert "aux" not in tree
+    old = {"mode": "none", "width": 2.0, "epochs": None, "distill_epochs": None}
+    (out / "config.yaml").write_text(yaml.safe_dump({**tree, "aux": old}, sort_keys=False))
+    assert train(out, 2, "--lr", "0.1", "--resume") == 0
+    (out / "config.yaml").write_text(yaml.safe_dump({**tree, "aux": {**old, "width": 3.0}}))
+    line = cli_error(capsys, ["train", *TINY, "--epochs", "2", "--out", str(out), "--resume",
+                              "--lr", "0.1"])  # fmt: skip
+    assert "aux.width 3.0 (now 2.0)" in line
 
 
 @pytest.mark.parametrize("exists", [False, True])

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mhkd import config as cfg
-from mhkd import data
+from mhkd import data, pipelines
 from mhkd.data.batch import Batch
 from mhkd.distill import DistillForward
 from mhkd.loop import set_seed, weighted_sum
@@ -32,13 +32,9 @@ from mhkd.pipelines.builder import (
     build_methods,
     check_classes,
     classifier_outputs,
-    fit,
     load_model,
 )
 from mhkd.pipelines.builder import load_data as load_run_data
-from mhkd.pipelines.pretrain import pretraining_method, run_with_pretraining
-from mhkd.pipelines.proxy import run_with_proxy
-from mhkd.rundir import require_resumable
 
 Model = str | Path | nn.Module
 
@@ -56,17 +52,11 @@ def run(
     """Run ``config`` into ``out``; returns the summary. Modules/splits replace the named ones.
 
     ``resume`` continues the run in ``out``; ``overwrite`` lets a fresh run replace one there
-    (otherwise that is an error).
+    (otherwise that is an error). A configuration a pipeline takes (a proxy teacher, a
+    pre-training stage, pruning) runs through it (:mod:`mhkd.pipelines.registry`).
     """
-    if resume:
-        require_resumable(out)  # before any stage starts afresh in an empty folder
-    options = dict(student=student, teacher=teacher, splits=splits, resume=resume,
-                   overwrite=overwrite)  # fmt: skip
-    if config.aux.mode != "none":
-        return run_with_proxy(config, out, **options)
-    if pretraining_method(config) is not None:
-        return run_with_pretraining(config, out, **options)
-    return fit(config, out, **options)
+    return pipelines.run(config, out, student=student, teacher=teacher, splits=splits,
+                         resume=resume, overwrite=overwrite)  # fmt: skip
 
 
 def load_data(dataset: str | data.DataSplits, **settings: Any) -> data.DataSplits:
@@ -74,7 +64,7 @@ def load_data(dataset: str | data.DataSplits, **settings: Any) -> data.DataSplit
     ``train_per_class`` ...); splits pass through unchanged."""
     if isinstance(dataset, data.DataSplits):
         return dataset
-    return load_run_data(cfg.build(cfg.from_keywords(data=dataset, **settings)))
+    return load_run_data(pipelines.build_config(cfg.from_keywords(data=dataset, **settings)))
 
 
 def configure(
@@ -95,7 +85,7 @@ def configure(
             objects[role] = model
         elif model is not None:
             tree.setdefault("models", {})[role] = str(model)
-    return cfg.build(tree), objects
+    return pipelines.build_config(tree), objects
 
 
 def _run(student: Model, dataset: str | data.DataSplits, teacher: Model | None, method: str,
@@ -148,8 +138,7 @@ def loss_terms(
     does before the first epoch (MHKD's ``--mhkd.head-mode prefit``) is not run.
     """
     if not isinstance(config, cfg.RunConfig):
-        tree, _ = cfg.read_recipe(config)
-        config = cfg.build(tree, str(config))
+        config = pipelines.read_recipe(config)[0]
     device = images.device
     if indices is None:
         indices = torch.arange(len(labels), device=device)

@@ -152,6 +152,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, teacher: bool) -> None:
     )
     _add_print_config(group)
     if teacher:
+        import mhkd.pipelines  # noqa: F401  (pipelines register their sections' flags)
+
         cfg.add_flags(parser)
     else:
         cfg.add_flags(parser, sections=("data", "models", "optim", "schedule", "runtime"),
@@ -187,6 +189,12 @@ def _default_out(command: str, config: cfg.RunConfig) -> str:
     return f"runs/{label}-{model}-{config.data.name}"
 
 
+def _build(tree: dict[str, Any], where: str = "") -> cfg.RunConfig:
+    from mhkd import pipelines
+
+    return pipelines.build_config(tree, where)
+
+
 def _execute(config: cfg.RunConfig, args: argparse.Namespace, command: str) -> int:
     from mhkd import api
 
@@ -202,7 +210,7 @@ def _run_train(args: argparse.Namespace) -> int:
     tree = cfg.overrides(args)
     if not tree.get("models", {}).get("student"):
         raise cfg.ConfigError("mhkd train needs --model NAME")
-    return _execute(cfg.build(tree), args, "train")
+    return _execute(_build(tree), args, "train")
 
 
 def _run_distill(args: argparse.Namespace) -> int:
@@ -210,16 +218,19 @@ def _run_distill(args: argparse.Namespace) -> int:
     models = tree.get("models", {})
     if not models.get("student") or not models.get("teacher"):
         raise cfg.ConfigError("mhkd distill needs --teacher CKPT and --student NAME")
-    return _execute(cfg.build(tree), args, "distill")
+    return _execute(_build(tree), args, "distill")
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
     """A recipe's tree, overridden by every flag that was given."""
-    tree, _ = cfg.read_recipe(args.file)
+    tree, _ = cfg.read_recipe(args.file, cls=None)
+    _build(tree, str(args.file))  # the recipe as written is valid, before any flag
     given = cfg.overrides(args)
     if "kind" in given.get("schedule", {}) and "milestones" not in given.get("schedule", {}):
         tree.get("schedule", {}).pop("milestones", None)  # another schedule: not its milestones
-    config = cfg.build(cfg.merge(tree, given), str(args.file))
+    config = _build(cfg.merge(tree, given), str(args.file))
+    if not isinstance(config, cfg.RunConfig):
+        raise cfg.ConfigError(f"{args.file} is a pruning recipe: mhkd prune --recipe {args.file}")
     if _printed(cfg.resolved_tree(config), args):
         return 0
     teacher = config.models.teacher

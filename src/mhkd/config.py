@@ -139,42 +139,39 @@ class RuntimeConfig:
     quiet: bool = option(False, "no progress bar or epoch lines")
 
 
-@dataclass
-class AuxConfig:
-    """Information flow's proxy teacher (Passalis et al. 2020), trained before the student.
-
-    ``mode``: ``none`` (the real teacher teaches every layer), ``auto`` (a proxy of the
-    student's family at ``width`` times its width: CE, then infoflow from the teacher on the
-    final layer, in ``OUT/aux/``), or a checkpoint of a proxy trained before.
-    """
-
-    mode: str = option(
-        "none",
-        "infoflow's teacher of the layers: auto, a proxy checkpoint, or none (the real teacher)",
-        flag="aux",
-    )
-    width: float = option(2.0, "proxy width relative to the student", flag="aux-width")
-    epochs: int | None = option(
-        None, "proxy CE epochs (default: --epochs; 0 skips)", flag="aux-epochs"
-    )
-    distill_epochs: int | None = option(
-        None, "proxy distillation epochs (default: --epochs; 0 skips)", flag="aux-distill-epochs"
-    )
-
-
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "models": ModelsConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "runtime": RuntimeConfig,
-    "aux": AuxConfig,
 }
+#: Sections that pipelines add to the tree (``aux``: the proxy teacher's), registered by them
+#: (:func:`register_section`); a tree holding one is built as its pipeline's configuration.
+PIPELINE_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Add a pipeline's section: it gets flat flags and keywords like the core sections."""
+    taken = set(flat_names())
+    clashes = sorted(taken & {_flag(f).replace("-", "_") for f in dataclasses.fields(cls)})
+    if name in SECTIONS or clashes:
+        raise ValueError(f"section {name!r} clashes with existing settings: {clashes or name}")
+    PIPELINE_SECTIONS[name] = cls
+
+
+def all_sections() -> dict[str, type]:
+    """Every section of a tree: the core ones, then the pipelines'."""
+    return {**SECTIONS, **PIPELINE_SECTIONS}
 
 
 @dataclass
 class RunConfig:
-    """The whole description of one training run (see the module docstring)."""
+    """One training or distillation run (see the module docstring): what every such run has.
+
+    A pipeline with a section of its own subclasses it (information flow's proxy teacher adds
+    ``aux``); pruning's configuration has the core sections without the method's.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -184,11 +181,11 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    aux: AuxConfig = field(default_factory=AuxConfig)
 
     def __post_init__(self) -> None:
         self.options = resolve_options(self.method, self.options)
         validate(self)
+        validate_method(self)
 
 
 #: Inclusive bounds of the counts a run takes (``section.field`` -> low, high): beyond them a
@@ -202,8 +199,6 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "data.workers": (0, 64),
     "runtime.seed": (0, 2**32 - 1),  # what numpy's and torch's generators accept
     "runtime.teacher_cache_topk": (1, 2**15),
-    "aux.epochs": (0, 100_000),
-    "aux.distill_epochs": (0, 100_000),
 }
 #: The class count a classifier may have (``mhkd models --num-classes`` and the zoo).
 NUM_CLASSES = (1, 100_000)
@@ -216,27 +211,28 @@ def check_range(flag: str, value: float | None, low: float, high: float) -> None
 
 
 def flag_of(section: str, name: str) -> str:
-    """``--flag`` of the field ``name`` of a core section (as the CLI names it)."""
-    f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name]
+    """``--flag`` of the field ``name`` of a section (as the CLI names it)."""
+    f = {f.name: f for f in dataclasses.fields(all_sections()[section])}[name]
     return f"--{_flag(f)}"
 
 
-def _numbers(config: RunConfig) -> typing.Iterator[tuple[str, Any]]:
+def _numbers(config: Any) -> typing.Iterator[tuple[str, Any]]:
     """Every number of the tree with the flag that sets it (method options and weights too)."""
-    for section in SECTIONS:
-        for name, value in to_dict(getattr(config, section)).items():
-            yield flag_of(section, name), value
-    for method, options in config.options.items():
+    for section in all_sections():
+        if hasattr(config, section):
+            for name, value in to_dict(getattr(config, section)).items():
+                yield flag_of(section, name), value
+    for method, options in getattr(config, "options", {}).items():
         for name, value in to_dict(options).items():
             yield f"--{method}.{name.replace('_', '-')}", value
-    for term, value in config.weights.items():
+    for term, value in getattr(config, "weights", {}).items():
         yield f"--weight {term}", value
 
 
-def validate(config: RunConfig) -> None:
+def validate(config: Any) -> None:
     """Values every run refuses, each named as its flag would be: non-finite numbers, counts
-    out of :data:`BOUNDS`, ranges of the optimiser, repeated methods, and settings that do
-    nothing for the chosen method (a flag that is silently ignored is a result misread)."""
+    out of :data:`BOUNDS`, ranges of the optimiser and settings that do nothing (a flag that
+    is silently ignored is a result misread). Any configuration with the core sections."""
     for flag, value in _numbers(config):
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
@@ -252,8 +248,6 @@ def validate(config: RunConfig) -> None:
         (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),
         (o.weight_decay >= 0, f"--weight-decay must be >= 0, got {o.weight_decay}"),
         (s.gamma > 0, f"--gamma must be positive, got {s.gamma}"),
-        (config.aux.width > 0, f"--aux-width must be positive, got {config.aux.width}"),
-        (all(w >= 0 for w in config.weights.values()), "--weight values must be >= 0"),
     ]
     if s.milestones is not None:
         m = s.milestones
@@ -273,11 +267,14 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    _check_method(config)
     _check_unused(config)
 
 
-def _check_method(config: RunConfig) -> None:
+def validate_method(config: RunConfig) -> None:
+    """What a training or distillation run refuses besides: repeated methods, negative
+    weights, and teacher settings that method ``ce`` would ignore."""
+    if any(w < 0 for w in config.weights.values()):
+        raise ConfigError("--weight values must be >= 0")
     parts = [p.strip() for p in config.method.split("+")]
     repeated = sorted({p for p in parts if parts.count(p) > 1})
     if repeated:
@@ -285,16 +282,7 @@ def _check_method(config: RunConfig) -> None:
             f"--method {config.method} names {', '.join(repeated)} more than once; "
             "each method of a sum runs once"
         )
-
-
-def _default_milestones(schedule: ScheduleConfig) -> list[int]:
-    """The milestones config.yaml spells out for any schedule (a cosine run's are unused)."""
-    return dataclasses.replace(schedule, milestones=None).resolved_milestones()
-
-
-def _check_unused(config: RunConfig) -> None:
-    """Refuse settings the run would ignore, naming the flag and why."""
-    m, rt, aux, s = config.models, config.runtime, config.aux, config.schedule
+    m, rt = config.models, config.runtime
     ce, no_teacher = not expand(config.method), "method 'ce' uses no teacher"
     unused = [
         (ce and m.teacher is not None, "--teacher", no_teacher),
@@ -302,6 +290,26 @@ def _check_unused(config: RunConfig) -> None:
         (ce and bool(m.teacher_layers), "--teacher-layers", no_teacher),
         (ce and bool(m.student_layers), "--student-layers", "method 'ce' taps no layers"),
         (ce and rt.teacher_cache is not None, "--teacher-cache", no_teacher),
+    ]
+    refuse_unused(unused)
+
+
+def _default_milestones(schedule: ScheduleConfig) -> list[int]:
+    """The milestones config.yaml spells out for any schedule (a cosine run's are unused)."""
+    return dataclasses.replace(schedule, milestones=None).resolved_milestones()
+
+
+def refuse_unused(checks: typing.Iterable[tuple[bool, str, str]]) -> None:
+    """Refuse the first ``(given, flag, why)`` whose setting is given but does nothing."""
+    for given, flag, why in checks:
+        if given:
+            raise ConfigError(f"{flag} does nothing in this run: {why}")
+
+
+def _check_unused(config: Any) -> None:
+    """Refuse runtime and schedule settings the run would ignore, naming the flag and why."""
+    rt, s = config.runtime, config.schedule
+    unused = [
         (rt.teacher_cache is None and rt.teacher_cache_topk is not None, "--teacher-cache-topk",
          "it needs --teacher-cache"),
         (rt.teacher_cache is None and rt.teacher_cache_mmap, "--teacher-cache-mmap",
@@ -311,13 +319,7 @@ def _check_unused(config: RunConfig) -> None:
         (s.kind == "cosine" and s.gamma != ScheduleConfig.gamma, "--gamma",
          "the cosine schedule has no steps"),
     ]  # fmt: skip
-    if aux.mode == "none":
-        for name in ("width", "epochs", "distill_epochs"):
-            if getattr(aux, name) != getattr(AuxConfig, name, None):
-                unused.append((True, flag_of("aux", name), "it needs --aux (a proxy teacher)"))
-    for given, flag, why in unused:
-        if given:
-            raise ConfigError(f"{flag} does nothing in this run: {why}")
+    refuse_unused(unused)
 
 
 def resolve_options(spec: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -568,7 +570,7 @@ def _add_field(group: Any, f: dataclasses.Field, kind: Any, flag: str, dest: str
 
 def add_flags(
     parser: argparse.ArgumentParser,
-    sections: tuple[str, ...] = tuple(SECTIONS),
+    sections: tuple[str, ...] | None = None,
     renames: dict[str, str] | None = None,
     methods: bool = True,
     skip: tuple[str, ...] = (),
@@ -580,9 +582,9 @@ def add_flags(
     ``skip`` leaves fields out; ``section_types`` adds sections of other configurations.
     """
     renames = renames or {}
-    types_by_name = {**SECTIONS, **(section_types or {})}
+    types_by_name = {**all_sections(), **(section_types or {})}
     seen: dict[str, str] = {}
-    for section in sections:
+    for section in sections if sections is not None else tuple(all_sections()):
         cls = types_by_name[section]
         group = parser.add_argument_group(section, (cls.__doc__ or "").splitlines()[0])
         hints = _hints(cls)
@@ -662,7 +664,7 @@ def flat_names() -> dict[str, str]:
     and the CLI name every setting the same way.
     """
     names = {}
-    for section, cls in SECTIONS.items():
+    for section, cls in all_sections().items():
         for f in dataclasses.fields(cls):
             names[_flag(f).replace("-", "_")] = f"{section}.{f.name}"
     return names
@@ -696,13 +698,16 @@ def build(tree: dict[str, Any], where: str = "", cls: type = RunConfig) -> Any:
 RECIPE_NOTES = ("paper", "notes")
 
 
-def read_recipe(path: str | Path, cls: type = RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_recipe(
+    path: str | Path, cls: type | None = RunConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A recipe: (its configuration tree, its notes such as the paper's number).
 
-    The tree is checked by building a ``cls`` from it, so a bad key or value is refused
-    before any run.
+    The tree is checked by building a ``cls`` from it (unless ``None``: the caller builds it),
+    so a bad key or value is refused before any run.
     """
     tree = read_yaml(path)
     notes = {key: tree.pop(key) for key in RECIPE_NOTES if key in tree}
-    build(tree, str(path), cls)
+    if cls is not None:
+        build(tree, str(path), cls)
     return tree, notes

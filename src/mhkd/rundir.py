@@ -290,7 +290,9 @@ class RunDirectory:
         return found
 
     # ---- files ---------------------------------------------------------------------------
-    def record_config(self, tree: dict[str, Any], resume: bool) -> None:
+    def record_config(
+        self, tree: dict[str, Any], resume: bool, implied: dict[str, Any] | None = None
+    ) -> None:
         """A fresh run writes config.yaml; a resumed one checks ``tree`` against it instead.
 
         config.yaml is written once, when the run starts, so it always says how the run was
@@ -298,12 +300,17 @@ class RunDirectory:
         naming the differing keys, before anything is written. That includes ``--epochs``:
         training longer would change the learning-rate schedule of epochs already trained
         (milestones, cosine), so a longer run is a new run. Every rank checks, so all refuse.
+        ``implied`` are sections ``tree`` leaves out at their defaults (a pipeline's, such as
+        ``aux``, which earlier releases wrote into every run): stored ones are compared to them.
         """
         if self.root is None:
             return
         if resume and self.path(CONFIG).is_file():
             stored = self.read_config()
             wanted = yaml.safe_load(yaml.safe_dump(tree, sort_keys=False))  # as stored
+            for name, section in (implied or {}).items():
+                if name in stored and name not in wanted:
+                    wanted[name] = section
             differ = config_differences(stored, wanted)
             if differ:
                 longer = any(d.startswith("schedule.epochs ") for d in differ)

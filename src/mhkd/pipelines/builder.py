@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from mhkd import checkpoint, data, distributed, hardware, models, optim
-from mhkd.config import ConfigError, OptimConfig, RunConfig, ScheduleConfig, resolved_tree
+from mhkd.config import (
+    PIPELINE_SECTIONS,
+    ConfigError,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    resolved_tree,
+    to_dict,
+)
 from mhkd.distill import DistillForward, DistillStep, input_shape
 from mhkd.loop import EpochLoop, Step, set_seed
 from mhkd.methods import MethodContext, MethodSet, TeacherUse
@@ -410,7 +418,7 @@ def build_run(
                                 **_model_facts(parts)}  # fmt: skip
             if record is None:
                 tree.update(extra)
-            directory.record_config(tree, resume=resume)
+            directory.record_config(tree, resume=resume, implied=_implied_sections(tree))
         if built is None:
             return Run(parts, None, None, directory)
         loop = EpochLoop(
@@ -467,6 +475,11 @@ def _loaders(config: Any, hw: Hardware, splits: Any) -> tuple[Any, Any]:
         rank=rank, world_size=world, channels_last=hw.channels_last,
         eval_batch_size=config.optim.eval_batch_size, augment=config.data.augment, **options,
     )  # fmt: skip
+
+
+def _implied_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """The pipelines' sections ``tree`` leaves out, at their defaults (see record_config)."""
+    return {name: to_dict(cls()) for name, cls in PIPELINE_SECTIONS.items() if name not in tree}
 
 
 def _model_facts(parts: RunParts) -> dict[str, Any]:

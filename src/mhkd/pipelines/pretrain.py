@@ -27,6 +27,7 @@ from mhkd import checkpoint
 from mhkd.config import ConfigError, RunConfig
 from mhkd.methods.base import expand, method_class
 from mhkd.pipelines.builder import fit_stage, load_teacher, stage_inputs
+from mhkd.pipelines.registry import Pipeline, register
 from mhkd.rundir import RunDirectory
 
 #: Methods with a pre-training stage, and whether stage 2 keeps the method (FT) or drops it.
@@ -125,3 +126,7 @@ def run_with_pretraining(
         _stage_two_config(config, name, out), out, student=student, teacher=teacher,
         splits=splits, resume=resume, overwrite=overwrite, facts=facts, **options,
     ).summary  # fmt: skip
+
+
+register(Pipeline("pretrain", run_with_pretraining,
+                  lambda config: pretraining_method(config) is not None))  # fmt: skip

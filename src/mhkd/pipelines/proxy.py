@@ -21,8 +21,8 @@ from typing import Any
 from torch import nn
 
 from mhkd import checkpoint, models
-from mhkd.config import AuxConfig, ConfigError, RunConfig
-from mhkd.methods.base import expand
+from mhkd.config import ConfigError, RunConfig, check_range, refuse_unused
+from mhkd.methods.base import expand, option
 from mhkd.methods.infoflow import default_layers
 from mhkd.pipelines.builder import (
     deployable_state,
@@ -31,9 +31,59 @@ from mhkd.pipelines.builder import (
     load_teacher,
     stage_inputs,
 )
+from mhkd.pipelines.registry import Pipeline, register
 
 #: The proxy's width relative to the student, as in the paper ("about twice its width").
 PROXY_WIDTH = 2.0
+
+
+@dataclasses.dataclass
+class AuxConfig:
+    """Information flow's proxy teacher (Passalis et al. 2020), trained before the student.
+
+    ``mode``: ``none`` (the real teacher teaches every layer), ``auto`` (a proxy of the
+    student's family at ``width`` times its width: CE, then infoflow from the teacher on the
+    final layer, in ``OUT/aux/``), or a checkpoint of a proxy trained before.
+    """
+
+    mode: str = option(
+        "none",
+        "infoflow's teacher of the layers: auto, a proxy checkpoint, or none (the real teacher)",
+        flag="aux",
+    )
+    width: float = option(PROXY_WIDTH, "proxy width relative to the student", flag="aux-width")
+    epochs: int | None = option(
+        None, "proxy CE epochs (default: --epochs; 0 skips)", flag="aux-epochs"
+    )
+    distill_epochs: int | None = option(
+        None, "proxy distillation epochs (default: --epochs; 0 skips)", flag="aux-distill-epochs"
+    )
+
+    def __post_init__(self) -> None:
+        check_range("--aux-epochs", self.epochs, 0, 100_000)
+        check_range("--aux-distill-epochs", self.distill_epochs, 0, 100_000)
+        if not self.width > 0:  # also refuses NaN
+            raise ConfigError(f"--aux-width must be positive, got {self.width}")
+        if self.mode == "none":
+            defaults = AuxConfig.__dataclass_fields__
+            refuse_unused(
+                (getattr(self, name) != defaults[name].default, f"--aux-{flag}",
+                 "it needs --aux (a proxy teacher)")
+                for name, flag in (("width", "width"), ("epochs", "epochs"),
+                                   ("distill_epochs", "distill-epochs"))
+            )  # fmt: skip
+
+
+@dataclasses.dataclass
+class ProxyRunConfig(RunConfig):
+    """A run whose student is taught by a proxy teacher (the ``aux`` section)."""
+
+    aux: AuxConfig = dataclasses.field(default_factory=AuxConfig)
+
+
+def plain(config: RunConfig) -> RunConfig:
+    """The run of ``config`` without a pipeline's sections: what one stage is."""
+    return RunConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(RunConfig)})
 
 
 def build_proxy(student: nn.Module, width: float = PROXY_WIDTH) -> nn.Module:
@@ -66,7 +116,7 @@ def _no_cache(runtime: Any) -> Any:
 def train_proxy(
     proxy: nn.Module,
     teacher: nn.Module,
-    config: RunConfig,
+    config: ProxyRunConfig,
     splits: Any,
     out: Path | None,
     resume: bool = False,
@@ -87,7 +137,7 @@ def train_proxy(
             milestones=config.schedule.milestones if epochs == config.schedule.epochs else None,
         )
         phase_config = dataclasses.replace(
-            config,
+            plain(config),
             method="infoflow" if distilling else "ce",
             options={"infoflow": config.options.get("infoflow")} if distilling else {},
             weights={},
@@ -99,7 +149,6 @@ def train_proxy(
                 student_layers=[proxy_layer] if distilling else None,
             ),
             runtime=config.runtime if distilling else _no_cache(config.runtime),
-            aux=AuxConfig(),  # the stages are plain runs: no proxy of their own
         )
         phase_out = out / "aux" / phase if out is not None else None
         if not config.runtime.quiet:
@@ -114,7 +163,7 @@ def train_proxy(
 
 
 def run_with_proxy(
-    config: RunConfig,
+    config: ProxyRunConfig,
     out: str | Path | None = None,
     *,
     student: nn.Module | None = None,
@@ -141,7 +190,7 @@ def run_with_proxy(
     else:
         proxy = load_model(mode, splits.num_classes, trained="--aux")
         where = mode
-    student_config = dataclasses.replace(
+    student_config = dataclasses.replace(  # config.yaml keeps the aux section
         config, models=dataclasses.replace(config.models, teacher=None)
     )
     facts = {
@@ -154,3 +203,10 @@ def run_with_proxy(
         student_config, out, student=student, teacher=proxy.requires_grad_(False).eval(),
         splits=splits, resume=resume, overwrite=overwrite, facts=facts, **options,
     ).summary  # fmt: skip
+
+
+def _takes(config: Any) -> bool:
+    return isinstance(config, ProxyRunConfig) and config.aux.mode != "none"
+
+
+register(Pipeline("proxy", run_with_proxy, _takes, ProxyRunConfig, ("aux", AuxConfig)))

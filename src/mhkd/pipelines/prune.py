@@ -30,7 +30,14 @@ from torch import nn
 
 from mhkd import checkpoint, distributed, hardware
 from mhkd import config as cfg
-from mhkd.config import OptimConfig, RunConfig, ScheduleConfig
+from mhkd.config import (
+    DataConfig,
+    ModelsConfig,
+    OptimConfig,
+    RunConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+)
 from mhkd.data import DataSplits
 from mhkd.data.batch import Batch
 from mhkd.distill import input_shape
@@ -50,6 +57,7 @@ from mhkd.pipelines.builder import (
     load_data,
     load_model,
 )
+from mhkd.pipelines.registry import Pipeline, register
 from mhkd.prune.baselines import BASELINES, baseline_scores
 from mhkd.prune.cascade import Cascade, cascade_keeps, cascade_loss, hint_loss
 from mhkd.prune.export import export, latency_ms
@@ -106,16 +114,23 @@ class PruneSettings:
 
 
 @dataclass
-class PruneRunConfig(RunConfig):
-    """A pruning run: the model to prune is ``models.student`` (``prune.arch`` names a foreign
-    checkpoint's architecture); the paper's CIFAR schedule (80 + 80 epochs, lr 0.008 cosine,
-    weight decay 4e-4, Nesterov)."""
+class PruneRunConfig:
+    """A pruning run: the core sections and the ``prune`` settings (no method: stage 1 steps
+    the cascade, stage 2 is KD or CE by the settings). The model to prune is
+    ``models.student`` (``prune.arch`` names a foreign checkpoint's architecture); the paper's
+    CIFAR schedule (80 + 80 epochs, lr 0.008 cosine, weight decay 4e-4, Nesterov)."""
 
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=0.008, weight_decay=4e-4, nesterov=True)
     )
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(80, "cosine"))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     prune: PruneSettings = field(default_factory=PruneSettings)
+
+    def __post_init__(self) -> None:
+        cfg.validate(self)
 
     @property
     def stage2_epochs(self) -> int:
@@ -467,18 +482,16 @@ class Pruning:
     def _stage2_config(self, epochs: int) -> RunConfig:
         """Stage 2 is a plain training run: KD from the ladder (CE for the baselines)."""
         c, s = self.config, self.settings
-        stage2 = dataclasses.replace(
-            c,
+        return RunConfig(
+            data=c.data,
+            models=dataclasses.replace(c.models, student=None, teacher=None),
             method="ce" if s.baseline else "kd",
             options={} if s.baseline else {"kd": {"temperature": s.temperature}},
             weights={} if s.baseline else {"ce": 1.0, "kd": s.kd_weight},
+            optim=c.optim,
             schedule=dataclasses.replace(c.schedule, epochs=epochs, kind="cosine"),
             runtime=dataclasses.replace(c.runtime, channels_last="off"),
-            models=dataclasses.replace(c.models, student=None, teacher=None),
         )
-        tree = cfg.to_dict(stage2)
-        del tree["prune"]
-        return cfg.build(tree)
 
     def _pipeline_summary(self, student: nn.Module, stage1: dict[str, Any],
                           summary: dict[str, Any], teacher: TeacherLadder | None
@@ -520,3 +533,18 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 def _exported_state(net: nn.Module, splits: DataSplits) -> dict[str, Any]:
     return deployable_state(net, pruned_channels=net.pruned_channels, data=splits.name,
                             num_classes=splits.num_classes)  # fmt: skip
+
+
+def _run_pipeline(config: PruneRunConfig, out: str | Path | None = None, *,
+                  student: nn.Module | None = None, teacher: nn.Module | None = None,
+                  splits: DataSplits | None = None, resume: bool = False,
+                  overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The registry's entry: ``student`` is the model to prune; the original teaches."""
+    if teacher is not None:
+        raise ValueError("pruning takes no teacher: the original model and its assistants teach")
+    return run_prune(config, out, resume=resume, overwrite=overwrite, model=student,
+                     splits=splits).summary  # fmt: skip
+
+
+register(Pipeline("prune", _run_pipeline, lambda config: isinstance(config, PruneRunConfig),
+                  PruneRunConfig, ("prune", PruneSettings)))  # fmt: skip

@@ -75,7 +75,6 @@ def qat_config(
     tree["schedule"] = {"epochs": epochs, "kind": "cosine"}
     tree["optim"]["lr"] = lr
     tree["runtime"].update(teacher_cache=None, quiet=quiet)
-    tree["aux"] = {"mode": "none"}
     if teacher is not None:
         tree["models"]["teacher"] = str(teacher)
     return cfg.build(tree, str(source / "config.yaml"))

@@ -43,11 +43,13 @@ _PIPELINES: dict[str, Pipeline] = {}
 
 
 def register(pipeline: Pipeline) -> Pipeline:
-    """Add ``pipeline``; its section becomes part of the configuration tree."""
+    """Add ``pipeline``. The section of a pipeline that extends a training run (the proxy's
+    ``aux``) gets flat flags and keywords; one with a configuration of its own (pruning) keeps
+    its flags on its command."""
     if pipeline.name in _PIPELINES:
         raise ValueError(f"pipeline {pipeline.name!r} is registered twice")
-    if pipeline.section is not None:
-        cfg.register_section(*pipeline.section)
+    if pipeline.section is not None and issubclass(pipeline.config, RunConfig):
+        cfg.register_section(*pipeline.section)  # flags and keywords beside the core ones
     _PIPELINES[pipeline.name] = pipeline
     return pipeline
 
@@ -67,12 +69,21 @@ def build_config(tree: dict[str, Any], where: str = "") -> RunConfig:
     return cfg.build(tree, where, config_class(tree))
 
 
+def read_recipe(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A recipe file's configuration (of its pipeline's class) and its notes."""
+    tree, notes = cfg.read_recipe(path, cls=None)
+    return build_config(tree, str(path)), notes
+
+
 def select(config: Any) -> Pipeline | None:
     """The registered pipeline that takes ``config``; ``None``: a plain run of the builder."""
-    for pipeline in _PIPELINES.values():
-        if pipeline.takes(config):
-            return pipeline
-    return None
+    taking = [p for p in _PIPELINES.values() if p.takes(config)]
+    if len(taking) > 1:
+        raise cfg.ConfigError(
+            f"this configuration asks for {' and '.join(p.name for p in taking)}, each a "
+            "pipeline of its own stages; run one of them"
+        )
+    return taking[0] if taking else None
 
 
 def run(config: Any, out: str | Path | None = None, *, resume: bool = False,
