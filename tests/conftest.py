@@ -83,3 +83,10 @@ def read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(os, "open", read_only)
     return folder
+
+
+class Batches(list):
+    """A list of batches that a loop can iterate as a loader (one order every epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        pass

@@ -18,9 +18,10 @@ from mhkd.heads import AuxHead, head_strides
 from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse, method_class
 from mhkd.methods.mhkd import MHKD, MHKDOptions
 from mhkd.models.complexity import count_macs
+from mhkd.pipelines.builder import fit_prefit
 from mhkd.taps import Taps
 
-from conftest import TinyNet
+from conftest import Batches, TinyNet
 
 SMALL = {"head_width": 16}  # heads of the paper's shape, narrower, so tests stay fast
 
@@ -434,11 +435,14 @@ def test_prefit_fits_the_teacher_heads_then_fixes_them():
     method = methods.methods["mhkd"]
     assert not any(p.requires_grad for p in method.teacher_heads.parameters())
     before = {k: v.clone() for k, v in method.teacher_heads.state_dict().items()}
-    loader = [make_batch(seed=s) for s in range(4)]
-    method.prepare(teacher.eval(), loader)
+    loader = Batches(make_batch(seed=s) for s in range(4))
+    (prefit,) = methods.prefits()
+    assert prefit.module is method.teacher_heads and prefit.epochs == 3 and prefit.lr == 0.1
+    fit_prefit(prefit, teacher.eval(), loader, loader)
     after = method.teacher_heads.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert len(method.summary()["teacher_head_prefit_train_acc"]) == 3
+    assert not any(p.requires_grad for p in method.teacher_heads.parameters())
 
     methods.train()
     assert not method.teacher_heads.training and method.student_heads.training
@@ -597,3 +601,23 @@ def test_every_mhkd_recipe_reads_and_its_options_reach_the_method():
             assert (run.optim.batch_size, run.optim.lr, run.schedule.epochs) == (64, lr, 240)
             assert run.schedule.milestones == [150, 180, 210]
         assert notes["paper"]["source"], path.name
+
+
+def test_a_prefit_run_fits_the_heads_as_a_loop_of_its_own_before_epoch_one(
+    tmp_path, tiny_data, fast, capsys
+):
+    """The builder runs the pre-fit through the epoch loop (its epochs logged, its loss finite,
+    heads' test accuracy evaluated), then the run trains with the heads fixed."""
+    teacher = TinyNet(width=8).eval()
+    options = {"mhkd": {"head_mode": "prefit", "head_width": 8, "prefit_epochs": 2,
+                        "head_stages": 2}}  # fmt: skip
+    summary = api.distill(teacher, TinyNet(), tiny_data, method="mhkd", options=options,
+                          epochs=1, out=tmp_path / "run", **{**fast, "quiet": False})  # fmt: skip
+    log = capsys.readouterr().err
+    assert "mhkd teacher heads: pre-fit epoch 1/2" in log and "pre-fit epoch 2/2" in log
+    assert log.index("pre-fit epoch 2/2") < log.index("epoch 1/1 ")
+    accuracies = summary["teacher_head_prefit_train_acc"]
+    assert len(accuracies) == 2 and all(0 <= a <= 100 for a in accuracies)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    saved = state["step"]["method"]
+    assert any(k.startswith("methods.mhkd.teacher_heads.") for k in saved)  # kept on resume

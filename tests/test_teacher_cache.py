@@ -17,11 +17,11 @@ from mhkd.data.batch import Batch
 from mhkd.lock import LockHolder
 from mhkd.methods import MethodContext, MethodSet, ModelOutput
 from mhkd.methods.mhkd import MHKDOptions
-from mhkd.pipelines.builder import fit
+from mhkd.pipelines.builder import fit, fit_prefit
 from mhkd.taps import Taps
 from mhkd.teacher_cache import CacheError, build_cache, cached_outputs, open_cache
 
-from conftest import TinyNet
+from conftest import Batches, TinyNet
 from test_lock import dead_pid, write_lock
 
 
@@ -88,9 +88,10 @@ def prefit_mhkd(teacher, splits, **options):
     options = MHKDOptions(head_mode="prefit", head_width=16, prefit_epochs=1, **options)
     methods = MethodSet("mhkd", ctx, {"mhkd": options})
     images = normalize(splits.train.images, splits.mean, splits.std)
-    loader = [Batch(images[i : i + 64], splits.train.labels[i : i + 64], torch.arange(i, i + 64))
-              for i in range(0, len(images), 64)]  # fmt: skip
-    methods.prepare(teacher, loader)
+    loader = Batches(Batch(images[i : i + 64], splits.train.labels[i : i + 64],
+                           torch.arange(i, i + 64)) for i in range(0, len(images), 64))  # fmt: skip
+    (prefit,) = methods.prefits()
+    fit_prefit(prefit, teacher, loader, loader)
     return methods
 
 
@@ -161,7 +162,7 @@ PREFIT = {"mhkd": {"head_mode": "prefit", "head_width": 8, "prefit_epochs": 1}}
 
 
 class TeacherCalls:
-    """Counts the teacher's forward passes: in a step or ``prepare`` (``live``), or building a
+    """Counts the teacher's forward passes: in a step or a pre-fit (``live``), or building a
     cache (``inference``, which only :func:`build_cache` runs the teacher under)."""
 
     def __init__(self, teacher):

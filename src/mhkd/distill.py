@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mhkd import checkpoint, distributed, hardware
 from mhkd.data.batch import Batch
 from mhkd.loop import StepOutput, evaluate, weighted_sum
-from mhkd.methods import MethodSet, ModelOutput, TeacherUse
+from mhkd.methods import MethodSet, ModelOutput, Prefit, TeacherUse
 from mhkd.models.complexity import profile
 from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.taps import Taps
@@ -80,8 +80,9 @@ class DistillStep:
     """One SGD step on the student and the methods' extras; see the module docstring.
 
     Everything around the step is built by :mod:`mhkd.pipelines.builder`: the optimiser,
-    the data-parallel wrapper (``wrapped``, ``forward`` itself in one process) and the
-    teacher cache (``open_cache``, called once the methods have done their one-off work).
+    the data-parallel wrapper (``wrapped``, ``forward`` itself in one process), what the
+    methods fit first (``prefit``, fresh runs only) and the teacher cache (``open_cache``,
+    called after it: the cache holds the pre-fitted heads' logits too).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class DistillStep:
         train_loader: Any,
         data: Any,
         open_cache: Callable[[], TeacherCache] | None = None,
+        prefit: Callable[[], None] | None = None,
     ):
         self.forward, self.ddp = forward, wrapped
         self.student, self.methods = forward.student, forward.methods
@@ -104,14 +106,14 @@ class DistillStep:
         self.weights = weights
         self.device, self.precision = device, precision
         self.train_loader, self.data = train_loader, data
-        self._open_cache = open_cache
+        self._open_cache, self._prefit = open_cache, prefit
         self.cache: TeacherCache | None = None
 
     # ---- the Step protocol ---------------------------------------------------------------
     def prepare(self, fresh: bool) -> None:
         """Methods' one-off work (fresh runs only), then the teacher cache, which needs it."""
-        if fresh:
-            self.methods.prepare(self.teacher, self.train_loader)
+        if fresh and self._prefit is not None:
+            self._prefit()
         if self._open_cache is not None:
             self.cache = self.forward.cache = self._open_cache()
     def start_epoch(self, epoch: int) -> dict[str, Any]:
@@ -182,3 +184,82 @@ class DistillStep:
         against the whole training split, which must be held in memory)."""
         resident = getattr(self.data, "resident", True)
         return self.methods.judged_by_retrieval and resident and distributed.world()[0] == 0
+
+
+class PrefitStep:
+    """Fits a method's :class:`~mhkd.methods.Prefit` (MHKD's teacher heads) on the frozen
+    teacher: the sum of its predictions' CE, SGD from the builder. Per-prediction training
+    accuracy is counted on the device and read once, when the fit ends."""
+
+    def __init__(self, prefit: Prefit, teacher: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler):  # fmt: skip
+        self.prefit, self.teacher = prefit, teacher
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.taps = Taps(teacher, prefit.teacher_layers)
+        self.correct: Tensor | None = None
+        self.seen = 0
+
+    def prepare(self, fresh: bool) -> None:
+        self.prefit.module.requires_grad_(True)
+        self.teacher.eval()
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.prefit.module.train()
+        self.correct, self.seen = None, 0
+        return {"lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _logits(self, images: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            self.teacher(images)
+        return self.prefit.logits(self.taps.pop())
+
+    def __call__(self, batch: Batch) -> StepOutput:
+        logits = self._logits(batch.images)
+        loss = sum(F.cross_entropy(z.float(), batch.labels) for z in logits)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        hits = torch.stack([(z.argmax(1) == batch.labels).sum() for z in logits])
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.seen += len(batch.labels)
+        return StepOutput(logits[-1], {"prefit": loss})
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any) -> dict[str, Any]:
+        """Test accuracy of each prediction; ``test_acc`` is the last (deepest) one's."""
+        self.prefit.module.eval()
+        correct, seen = None, 0
+        for batch in loader:
+            hits = torch.stack([(z.argmax(1) == batch.labels).sum()
+                                for z in self._logits(batch.images)])  # fmt: skip
+            correct = hits if correct is None else correct + hits
+            seen += len(batch.labels)
+        totals = distributed.all_reduce_sum(torch.cat([correct.float(),
+                                                       correct.new_tensor([seen]).float()]))
+        accuracies = (100.0 * totals[:-1] / totals[-1].clamp(min=1)).tolist()
+        return {"test_acc": accuracies[-1], "test_acc_heads": accuracies}
+
+    def train_accuracies(self) -> list[float]:
+        """Each prediction's training accuracy (%) in the last epoch."""
+        if self.correct is None:
+            return []
+        return [round(100.0 * c / max(1, self.seen), 2) for c in self.correct.tolist()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # a pre-fit never resumes: it precedes the run's first epoch
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def deployable(self) -> None:
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.taps.close()

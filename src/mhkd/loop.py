@@ -163,6 +163,17 @@ class EpochLoop:
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the summary, as summary.json holds it."""
+        self.train()
+        fields = self.summary()
+        if self.finish is not None:
+            fields = self.finish(fields)
+        summary = RunSummary.from_dict(fields)  # the declared schema, run or no run
+        if self.run is not None:
+            self.run.write_summary(summary)
+        return summary.to_dict()
+
+    def train(self) -> None:
+        """Train the remaining epochs, without a summary (a loop inside a run: a pre-fit)."""
         self.step.prepare(fresh=not self.resumed and self.epoch == 0)
         with StopOnSignal() as stop:
             while self.epoch < self.epochs:
@@ -175,13 +186,6 @@ class EpochLoop:
                 self._finish_epoch(record, seconds)
                 if stop.requested_anywhere(self._device):
                     stop.check(self.epoch)  # at the boundary: last.pt holds this epoch
-        fields = self.summary()
-        if self.finish is not None:
-            fields = self.finish(fields)
-        summary = RunSummary.from_dict(fields)  # the declared schema, run or no run
-        if self.run is not None:
-            self.run.write_summary(summary)
-        return summary.to_dict()
 
     def _finish_epoch(self, record: dict[str, Any], seconds: float) -> None:
         improved = record["test_acc"] > self.best_test_acc

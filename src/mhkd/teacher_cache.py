@@ -108,7 +108,7 @@ def cached_outputs(methods: MethodSet) -> CachedOutputs | None:
     """What ``methods`` read of the teacher, as a cache must hold it (None: its logits only).
 
     Raises ``ValueError`` when a method needs live teacher features, which no cache can serve.
-    Call it after ``methods.prepare``: the fingerprint is of the fixed modules as they are now.
+    Call it after the methods' pre-fit: the fingerprint is of the fixed modules as they are now.
     """
     if methods.teacher_use > TeacherUse.OUTPUTS:
         live = [n for n, m in methods.methods.items() if m.teacher_use > TeacherUse.OUTPUTS]

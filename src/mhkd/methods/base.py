@@ -8,7 +8,7 @@ loop weights the terms, sums them and back-propagates; it knows nothing of any m
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -83,6 +83,25 @@ class MethodContext:
         return infer_shapes(self.teacher, names, self.input_shape)
 
 
+@dataclass
+class Prefit:
+    """A part of a method fitted by cross-entropy on the frozen teacher's features before
+    training starts; the run builder runs it as a loop of its own over the run's data.
+
+    ``logits`` maps the tapped ``teacher_layers`` to one or more predictions (each trained by
+    CE, summed); ``finished`` is told each prediction's training accuracy (%) of the last
+    epoch when the fit ends, and fixes the module.
+    """
+
+    name: str
+    module: nn.Module
+    teacher_layers: list[str]
+    logits: Callable[[dict[str, Tensor]], list[Tensor]]
+    epochs: int
+    lr: float
+    finished: Callable[[list[float]], None]
+
+
 class Method(nn.Module):
     """Base class of distillation methods.
 
@@ -117,12 +136,11 @@ class Method(nn.Module):
         """Called before each epoch (from 0); returns scalars worth logging (schedules)."""
         return {}
 
-    def prepare(self, teacher: nn.Module | None, loader: Iterable[Batch]) -> None:
-        """Called once before the first epoch of a fresh run (never on resume).
-
-        For work that must precede distillation, such as pre-fitting heads on the frozen
-        teacher; its results must live in the method's state so a resumed run keeps them.
-        """
+    def prefit(self) -> Prefit | None:
+        """What the method fits on the frozen teacher before the first epoch of a fresh run
+        (never on resume), such as MHKD's teacher heads in prefit mode; ``None``: nothing.
+        The result must live in the method's state, so a resumed run keeps it."""
+        return None
 
     def cached_teacher_outputs(self, teacher: ModelOutput) -> dict[str, Tensor]:
         """Per-sample tensors a ``TeacherUse.OUTPUTS`` method computes from the teacher's tapped
@@ -252,9 +270,10 @@ class MethodSet(nn.Module):
             logged.update(method.start_epoch(epoch))
         return logged
 
-    def prepare(self, teacher: nn.Module | None, loader: Iterable[Batch]) -> None:
-        for method in self.methods.values():
-            method.prepare(teacher, loader)
+    def prefits(self) -> list[Prefit]:
+        """What the methods fit before training (see :meth:`Method.prefit`)."""
+        found = (method.prefit() for method in self.methods.values())
+        return [prefit for prefit in found if prefit is not None]
 
     def summary(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

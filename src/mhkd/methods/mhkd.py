@@ -36,7 +36,7 @@ The final-logit part is the companion ``kd`` method, whose weights 0.9/0.1 equal
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,15 @@ from torch import Tensor, nn
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.heads import AuxHead, head_strides
-from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.base import (
+    Method,
+    MethodContext,
+    ModelOutput,
+    Prefit,
+    TeacherUse,
+    option,
+    register,
+)
 from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
 
@@ -277,7 +285,7 @@ class MHKD(Method):
     def cached_teacher_outputs(self, teacher: ModelOutput) -> dict[str, Tensor]:
         """In prefit mode, the fixed teacher heads' logits, for a teacher cache to store.
 
-        Valid only once :meth:`prepare` has fitted the heads: build the cache after it.
+        Valid only once :meth:`prefit` has been fitted: build the cache after it.
         """
         if self.head_mode != "prefit":
             return {}
@@ -312,36 +320,24 @@ class MHKD(Method):
             terms[f"{self.name}_teacher_ce"] = losses.heads_ce(teacher_logits, batch.labels)
         return terms
 
-    def prepare(self, teacher: nn.Module | None, loader: Iterable[Batch]) -> None:
-        """In prefit mode, fit the teacher heads by CE on the frozen teacher, then fix them."""
-        if self.head_mode != "prefit" or teacher is None or self.prefit_epochs < 1:
-            return
-        params = list(self.teacher_heads.parameters())
-        optimizer = torch.optim.SGD(params, lr=self.prefit_lr, momentum=0.9, weight_decay=5e-4)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.prefit_epochs)
-        self.teacher_heads.requires_grad_(True).train()
-        teacher.eval()
-        with Taps(teacher, self.teacher_layers) as taps:
-            for _ in range(self.prefit_epochs):
-                correct = torch.zeros(len(self.heads), device=params[0].device)
-                seen = 0
-                for batch in loader:
-                    with torch.no_grad():
-                        teacher(batch.images)
-                    features = taps.pop()
-                    logits = [
-                        head(_head_input(features[name]))
-                        for head, name in zip(self.teacher_heads, self.teacher_layers, strict=True)
-                    ]
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.heads_ce(logits, batch.labels).backward()
-                    optimizer.step()
-                    correct += torch.stack([(z.argmax(1) == batch.labels).sum() for z in logits])
-                    seen += len(batch.labels)
-                schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+    def prefit(self) -> Prefit | None:
+        """In prefit mode the teacher heads are fitted first, by CE on the frozen teacher."""
+        if self.head_mode != "prefit" or self.prefit_epochs < 1:
+            return None
+        return Prefit(
+            name=f"{self.name} teacher heads", module=self.teacher_heads,
+            teacher_layers=self.teacher_layers, logits=self._fitted_head_logits,
+            epochs=self.prefit_epochs, lr=self.prefit_lr, finished=self._prefitted,
+        )  # fmt: skip
+
+    def _fitted_head_logits(self, features: dict[str, Tensor]) -> list[Tensor]:
+        pairs = zip(self.teacher_heads, self.teacher_layers, strict=True)
+        return [head(_head_input(features[name])) for head, name in pairs]
+
+    def _prefitted(self, train_acc: list[float]) -> None:
+        """The heads are fitted: fixed from now on (out of the optimiser, BatchNorm frozen)."""
         self.teacher_heads.requires_grad_(False).eval()
-        self.prefit_acc = [round(100.0 * c / max(1, seen), 2) for c in correct.tolist()]
+        self.prefit_acc = train_acc
 
     def summary(self) -> dict[str, Any]:
         """Static facts of the heads: which, their strides, parameters and MACs per image.

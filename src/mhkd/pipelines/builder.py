@@ -32,9 +32,9 @@ from mhkd.config import (
     resolved_tree,
     to_dict,
 )
-from mhkd.distill import DistillForward, DistillStep, input_shape
+from mhkd.distill import DistillForward, DistillStep, PrefitStep, input_shape
 from mhkd.loop import EpochLoop, Step, set_seed
-from mhkd.methods import MethodContext, MethodSet, TeacherUse
+from mhkd.methods import MethodContext, MethodSet, Prefit, TeacherUse
 from mhkd.models.complexity import profile
 from mhkd.rundir import RunDirectory
 from mhkd.teacher_cache import TeacherCache, build_cache, cached_outputs, open_cache
@@ -270,10 +270,39 @@ def distill_step(parts: RunParts) -> DistillStep:
     forward = DistillForward(parts.student, methods, parts.teacher)
     optimizer, scheduler = parts.optimizer(p for p in forward.parameters() if p.requires_grad)
     cache = (lambda: teacher_cache(parts, methods)) if config.runtime.teacher_cache else None
+
+    def prefit() -> None:  # fresh runs, before the first epoch
+        for stage in methods.prefits():
+            fit_prefit(stage, parts.teacher, parts.train_loader, parts.test_loader,
+                       parts.config.runtime.quiet)  # fmt: skip
+
     return DistillStep(
         forward, parts.distributed(forward), optimizer, scheduler, weights, hw.device,
-        hw.precision, parts.train_loader, parts.splits, open_cache=cache,
+        hw.precision, parts.train_loader, parts.splits, open_cache=cache, prefit=prefit,
     )  # fmt: skip
+
+
+#: How a method's pre-fit trains (MHKD's teacher heads): SGD with momentum, weight decay,
+#: cosine over its epochs; only the learning rate and the epochs are the method's options.
+PREFIT_OPTIM = OptimConfig(momentum=0.9, weight_decay=5e-4)
+
+
+def fit_prefit(prefit: Prefit, teacher: nn.Module, train_loader: Any, test_loader: Any,
+               quiet: bool = True) -> None:  # fmt: skip
+    """A method's pre-fit as a loop of its own over the run's loaders, on the frozen teacher
+    (no run directory: it is the run's preparation, redone if the run is started again)."""
+    optimizer, scheduler = optim.sgd(
+        prefit.module.parameters(), dataclasses.replace(PREFIT_OPTIM, lr=prefit.lr),
+        ScheduleConfig(prefit.epochs, "cosine"),
+    )  # fmt: skip
+    step = PrefitStep(prefit, teacher, optimizer, scheduler)
+    loop = EpochLoop(step, train_loader, test_loader, prefit.epochs, quiet=quiet,
+                     label=f"{prefit.name}: pre-fit epoch")  # fmt: skip
+    try:
+        loop.train()
+    finally:
+        step.close()
+    prefit.finished(step.train_accuracies())
 
 
 def teacher_cache(parts: RunParts, methods: MethodSet) -> TeacherCache:
