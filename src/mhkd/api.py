@@ -28,13 +28,9 @@ from mhkd.data.batch import Batch
 from mhkd.distill import DistillForward
 from mhkd.loop import set_seed, weighted_sum
 from mhkd.methods import MethodContext
-from mhkd.pipelines.builder import (
-    build_methods,
-    check_classes,
-    classifier_outputs,
-    load_model,
-)
-from mhkd.pipelines.builder import load_data as load_run_data
+from mhkd.pipelines.builder import build_methods
+from mhkd.pipelines.loading import check_classes, classifier_outputs, load_model
+from mhkd.pipelines.loading import load_data as load_run_data
 
 Model = str | Path | nn.Module
 

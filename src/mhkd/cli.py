@@ -249,7 +249,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from mhkd import checkpoint, data, retrieval
     from mhkd.loop import evaluate
-    from mhkd.pipelines.builder import check_classes, resolve_device
+    from mhkd.pipelines.builder import resolve_device
+    from mhkd.pipelines.loading import check_classes
 
     bounded = (("--image-size", args.image_size, "data.image_size"),
                ("--workers", args.workers, "data.workers"),

@@ -368,7 +368,7 @@ def export_int8(
     with each graph's ``path``, ``accuracy``, ``bytes``, ``latency_ms``."""
     from mhkd import checkpoint
     from mhkd.data import normalize
-    from mhkd.pipelines.builder import check_classes
+    from mhkd.pipelines.loading import check_classes
 
     model, meta = checkpoint.load_model(ckpt, arch=arch)
     splits = _int8_data(ckpt, data or meta.get("data"), data_dir)

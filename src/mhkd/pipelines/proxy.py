@@ -24,13 +24,8 @@ from mhkd import checkpoint, models
 from mhkd.config import ConfigError, RunConfig, check_range, refuse_unused
 from mhkd.methods.base import expand, option
 from mhkd.methods.infoflow import default_layers
-from mhkd.pipelines.builder import (
-    deployable_state,
-    fit_stage,
-    load_model,
-    load_teacher,
-    stage_inputs,
-)
+from mhkd.pipelines.builder import fit_stage, load_teacher, stage_inputs
+from mhkd.pipelines.loading import deployable_state, load_model
 from mhkd.pipelines.registry import Pipeline, register
 
 #: The proxy's width relative to the student, as in the paper ("about twice its width").

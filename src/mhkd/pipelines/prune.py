@@ -45,13 +45,9 @@ from mhkd.loop import StepOutput, evaluate, set_seed, weighted_sum
 from mhkd.methods.base import option
 from mhkd.models import resize
 from mhkd.models.complexity import profile
-from mhkd.pipelines.builder import (
-    Hardware,
-    Run,
-    RunParts,
-    build_run,
+from mhkd.pipelines.builder import Hardware, Run, RunParts, build_run, claim
+from mhkd.pipelines.loading import (
     check_classes,
-    claim,
     deployable_state,
     describe,
     load_data,

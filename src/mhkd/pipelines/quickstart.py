@@ -22,7 +22,8 @@ from typing import Any
 
 from mhkd import config as cfg
 from mhkd.data import subset_per_class
-from mhkd.pipelines.builder import build_run, load_data
+from mhkd.pipelines.builder import build_run
+from mhkd.pipelines.loading import load_data
 from mhkd.preemption import RunInterrupted
 from mhkd.rundir import RunDirectory, RunDirectoryError
 
