@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from mhkd.methods._layers import _declared, _model, stage_pairs
 from mhkd.methods.base import MethodContext
+from mhkd.methods.layers import _declared, _model, stage_pairs
 from mhkd.taps import INPUT_SUFFIX
 
 _SHORTCUTS = ("shortcut", "downsample")

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import stage_pairs
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FitNet(Method):
     """Hint loss at a middle map: ``MSE(regressor(f_s), f_t)``, β = 100, with KD.
 
     Default layers: RepDistiller's ``feat[hint_layer = 2]`` of each zoo model (map 1 of
-    :func:`~mhkd.methods._layers.feature_maps`: VGG ``block2``, WRN ``block2``, ResNet
+    :func:`~mhkd.methods.layers.feature_maps`: VGG ``block2``, WRN ``block2``, ResNet
     ``layer2``, MobileNetV2 ``blocks.2``, ShuffleNetV2 ``layer2``); ``hint_stage`` picks another
     map index; user-named layers give one hint per pair (one regressor each, losses summed).
     The regressor is sized by a dry run.

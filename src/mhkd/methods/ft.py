@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from mhkd import checkpoint, losses
 from mhkd.data.batch import Batch
 from mhkd.losses._common import constant
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import stage_pairs
 
 
 @dataclass
