@@ -17,10 +17,11 @@ from mhkd.cli import build_parser
 from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse
 from mhkd.methods.infoflow import InfoFlowOptions, match_layers, period_weights
+from mhkd.methods.layers import probe
 from mhkd.pipelines.proxy import build_proxy, proxy_checkpoint
 from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.rundir import RunDirectory
-from mhkd.taps import Taps, infer_shapes
+from mhkd.taps import Taps
 
 
 def _loop_kernels(x: Tensor) -> tuple[list[list[float]], list[list[float]]]:
@@ -106,8 +107,8 @@ def test_proxy_is_the_student_family_at_twice_the_width(name):
     proxy = build_proxy(student)
     assert type(proxy) is type(student)
     layers = [*student.stage_names, student.embedding_name]
-    s_shapes = infer_shapes(student, layers, (3, 16, 16))
-    p_shapes = infer_shapes(proxy, layers, (3, 16, 16))
+    s_shapes = probe(student, layers, (3, 16, 16)).shapes
+    p_shapes = probe(proxy, layers, (3, 16, 16)).shapes
     for layer in layers:
         ratio = p_shapes[layer][0] / s_shapes[layer][0]
         assert 1.8 <= ratio <= 2.2, (layer, ratio)

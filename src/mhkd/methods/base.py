@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mhkd.data.batch import Batch
-from mhkd.taps import infer_shapes
+from mhkd.methods.layers import probe
 
 
 def option(default: Any = None, help: str = "", flag: str | None = None) -> Any:
@@ -75,12 +75,14 @@ class MethodContext:
     student_layers: Sequence[str] | None = None
 
     def student_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
-        return infer_shapes(self.student, names, self.input_shape)
+        """Per-sample output shapes of the named student layers (:func:`layers.probe`)."""
+        return probe(self.student, names, self.input_shape).shapes
 
     def teacher_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
+        """Per-sample output shapes of the named teacher layers (:func:`layers.probe`)."""
         if self.teacher is None:
             raise ValueError("this method needs a teacher")
-        return infer_shapes(self.teacher, names, self.input_shape)
+        return probe(self.teacher, names, self.input_shape).shapes
 
 
 class Method(nn.Module):

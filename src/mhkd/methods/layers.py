@@ -6,17 +6,22 @@ numbers taps: RepDistiller's ``feat`` list (``model(x, is_feat=True, preact=Fals
 maps ``feat[1:-1]`` are the stage ends except in four families (:data:`BENCHMARK_MAPS`). A user
 model names its layers instead (``ctx.teacher_layers``/``ctx.student_layers``,
 ``--teacher-layers``/``--student-layers``).
+
+What the chosen layers output comes from one dry run, :func:`probe` (which also finds the
+last-stage map MHKD's heads are sized against); ``MethodContext.student_shapes`` /
+``teacher_shapes`` call it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from mhkd.methods.base import MethodContext
+from mhkd.taps import Taps
 
 #: RepDistiller's ``feat[1:-1]`` of the zoo families where they differ from ``stage_names``
 #: (MHKD's heads keep the stage ends): WRN's last map is ``block3``'s output before the final
@@ -29,6 +34,16 @@ BENCHMARK_MAPS: dict[str, tuple[str, ...]] = {
     "MobileNetV2": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
     "ShuffleNetV2": ("layer1", "layer2", "layer3"),
 }
+
+
+class LayerContext(Protocol):
+    """What choosing layers reads of a :class:`~mhkd.methods.base.MethodContext`."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    input_shape: tuple[int, int, int]
+    teacher_layers: Sequence[str] | None
+    student_layers: Sequence[str] | None
 
 
 def feature_maps(model: nn.Module, method: str, role: str) -> list[str]:
@@ -47,25 +62,23 @@ def _declared(model: nn.Module, attr: str, method: str, role: str) -> list[str] 
     return list(value) if not isinstance(value, str) else value
 
 
-def _given(ctx: MethodContext, role: str) -> list[str] | None:
+def _given(ctx: LayerContext, role: str) -> list[str] | None:
     layers = ctx.teacher_layers if role == "teacher" else ctx.student_layers
     return list(layers) if layers else None
 
 
-def _model(ctx: MethodContext, role: str) -> nn.Module:
+def _model(ctx: LayerContext, role: str) -> nn.Module:
     model = ctx.teacher if role == "teacher" else ctx.student
     if model is None:
         raise ValueError("this method needs a teacher")
     return model
 
 
-def require_maps(ctx: MethodContext, method: str, teacher: list[str], student: list[str]) -> None:
+def require_maps(ctx: LayerContext, method: str, teacher: list[str], student: list[str]) -> None:
     """Refuse layers whose outputs are not spatial maps (N×C×H×W), naming layer and shape."""
-    for role, names, shapes in (
-        ("teacher", teacher, ctx.teacher_shapes),
-        ("student", student, ctx.student_shapes),
-    ):
-        for name, shape in shapes(names).items():
+    for role, names in (("teacher", teacher), ("student", student)):
+        shapes = probe(_model(ctx, role), names, ctx.input_shape).shapes
+        for name, shape in shapes.items():
             if len(shape) != 3:
                 got = "×".join(["N", *map(str, shape)])
                 raise ValueError(
@@ -75,7 +88,7 @@ def require_maps(ctx: MethodContext, method: str, teacher: list[str], student: l
 
 
 def stage_pairs(
-    ctx: MethodContext, method: str, select: str | int = "all"
+    ctx: LayerContext, method: str, select: str | int = "all"
 ) -> tuple[list[str], list[str]]:
     """(teacher layers, student layers) paired by position.
 
@@ -119,7 +132,7 @@ def stage_pairs(
     return teacher, student
 
 
-def embedding_layers(ctx: MethodContext, method: str) -> tuple[str, str]:
+def embedding_layers(ctx: LayerContext, method: str) -> tuple[str, str]:
     """(teacher layer, student layer) of the penultimate features.
 
     The zoo's ``embedding_name``, or the last of the layers the user named (a 4-D output is
@@ -133,6 +146,62 @@ def embedding_layers(ctx: MethodContext, method: str) -> tuple[str, str]:
         else:
             names.append(_declared(_model(ctx, role), "embedding_name", method, role))
     return names[0], names[1]
+
+
+# ---- what the layers output -------------------------------------------------------------------
+class Probe(NamedTuple):
+    """One dry run's findings: per-sample output shapes of the requested layers (in the order
+    asked), and the (H, W) of the model's last-stage map when it was asked for."""
+
+    shapes: dict[str, torch.Size]
+    last_map: tuple[int, int] | None = None
+
+
+@torch.no_grad()
+def probe(
+    model: nn.Module,
+    names: Sequence[str],
+    input_shape: Sequence[int] = (3, 32, 32),
+    last_map: bool = False,
+) -> Probe:
+    """Output shapes of the named layers (without the batch dimension), from one dry run.
+
+    The run uses a batch of 2 zeros in eval mode, so BatchNorm statistics are left untouched.
+    ``last_map``: also find the (H, W) of the model's last-stage map, the output of its last
+    ``stage_names`` entry or, for a model without ``stage_names``, the last map larger than
+    1×1 that any of its modules outputs in forward order (the map its global pooling reduces).
+    """
+    names = list(dict.fromkeys(names))
+    stages = getattr(model, "stage_names", None)
+    extra = []
+    if last_map:
+        extra = [stages[-1]] if stages else [name for name, _ in model.named_modules() if name]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with Taps(model, [*names, *extra]) as taps:
+            model(torch.zeros(2, *input_shape, device=device))
+            seen = {n: out.shape[1:] for n, out in taps.outputs.items() if isinstance(out, Tensor)}
+    finally:
+        model.train(was_training)
+    missing = [name for name in names if name not in seen]
+    if missing:
+        raise ValueError(
+            f"layer(s) {', '.join(map(repr, missing))} of {type(model).__name__} output no "
+            "tensor in a dry run; a tapped layer must output a tensor (or a tuple whose first "
+            "item is one)"
+        )
+    found = None
+    if last_map:
+        if stages:
+            last = seen[stages[-1]]
+        else:  # outputs are in the order the modules finished: the last map is the deepest
+            maps = [shape for shape in seen.values() if len(shape) == 3 and shape[1] * shape[2] > 1]
+            last = maps[-1] if maps else torch.Size((0, 1, 1))
+        found = (int(last[-2]), int(last[-1]))
+    return Probe({name: seen[name] for name in names}, found)
 
 
 def feature_dim(shape: Sequence[int] | torch.Size) -> int:

@@ -10,10 +10,11 @@ Head stride (the paper states none): by default each head convolution strides 2 
 it reads is larger than its network's last-stage map (:func:`mhkd.heads.head_strides`), so a
 WRN-16-2 stage-1 head (32 channels, 32×32, network ending at 8×8) strides (2, 2) and costs
 56.7 MMACs per image instead of 679.6 at stride 1. ``head_stride=1`` is the paper-literal head
-for ablations. The last-stage map is found by the dry run that sizes the heads: the output of
-the model's last ``stage_names`` entry, or, for a model without ``stage_names`` (user layers),
-the last map larger than 1×1 that any of its modules outputs in forward order (the map its
-global pooling reduces), whichever layers the heads tap.
+for ablations. The last-stage map is found by the dry run that sizes the heads
+(:func:`mhkd.methods.layers.probe`): the output of the model's last ``stage_names`` entry, or,
+for a model without ``stage_names`` (user layers), the last map larger than 1×1 that any of
+its modules outputs in forward order (the map its global pooling reduces), whichever layers
+the heads tap.
 
 What the method reads of the teacher: in ``joint`` mode live stage features every step
 (``TeacherUse.FEATURES``; the teacher heads train on detached copies, nothing flows back into
@@ -47,6 +48,7 @@ from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.heads import AuxHead, head_strides
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import Probe, probe
 from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
 
@@ -143,50 +145,15 @@ def _stage_layers(
     return list(stages[:count])
 
 
-@torch.no_grad()
-def _dry_run(
-    model: nn.Module, layers: Sequence[str], input_shape: Sequence[int]
-) -> tuple[dict[str, torch.Size], tuple[int, int]]:
-    """The tapped layers' output shapes and the (H, W) of the model's last-stage map, from one
-    batch-2 eval-mode dry run (see the module docstring for which map that is)."""
-    stages = getattr(model, "stage_names", None)
-    probe = [stages[-1]] if stages else [name for name, _ in model.named_modules() if name]
-    param = next(model.parameters(), None)
-    was_training = model.training
-    model.eval()
-    try:
-        with Taps(model, [*layers, *probe]) as taps:
-            model(torch.zeros(2, *input_shape, device=param.device if param is not None else None))
-            seen = {n: out.shape[1:] for n, out in taps.outputs.items() if isinstance(out, Tensor)}
-    finally:
-        model.train(was_training)
-    missing = [name for name in layers if name not in seen]
-    if missing:
-        raise ValueError(f"layer(s) {', '.join(missing)} of {type(model).__name__} output no "
-                         "tensor in a dry run")  # fmt: skip
-    if stages:
-        last = seen[stages[-1]]
-    else:  # outputs are in the order the modules finished: the last map is the deepest
-        maps = [shape for shape in seen.values() if len(shape) == 3 and shape[1] * shape[2] > 1]
-        last = maps[-1] if maps else torch.Size((0, 1, 1))
-    return {name: seen[name] for name in layers}, (int(last[-2]), int(last[-1]))
-
-
-def _heads_for(
-    shapes: dict[str, torch.Size],
-    last: tuple[int, int],
-    role: str,
-    num_classes: int,
-    o: MHKDOptions,
-) -> nn.ModuleList:
+def _heads_for(probed: Probe, role: str, num_classes: int, o: MHKDOptions) -> nn.ModuleList:
     heads = []
-    for name, shape in shapes.items():
+    for name, shape in probed.shapes.items():
         if len(shape) != 3:
             raise ValueError(
                 f"{role} layer {name!r} outputs shape {tuple(shape)} per sample; MHKD heads "
                 "need feature maps (channels, height, width)"
             )
-        strides = head_strides(shape[1:], last, o.head_convs, o.head_stride)
+        strides = head_strides(shape[1:], probed.last_map, o.head_convs, o.head_stride)
         heads.append(AuxHead(shape[0], num_classes, o.head_convs, o.head_fcs, o.head_width,
                              strides))  # fmt: skip
     return nn.ModuleList(heads)
@@ -236,11 +203,14 @@ class MHKD(Method):
         self.temperature, self.alpha, self.beta = o.temperature, o.alpha, o.beta
         self.head_mode, self.head_stride = o.head_mode, o.head_stride
         self.prefit_epochs, self.prefit_lr = o.prefit_epochs, o.prefit_lr
-        s_shapes, s_last = _dry_run(ctx.student, self.student_layers, ctx.input_shape)
-        t_shapes, t_last = _dry_run(ctx.teacher, self.teacher_layers, ctx.input_shape)
-        self.student_heads = _heads_for(s_shapes, s_last, "student", ctx.num_classes, o)
-        self.teacher_heads = _heads_for(t_shapes, t_last, "teacher", ctx.num_classes, o)
-        self.head_inputs = {"student": list(s_shapes.values()), "teacher": list(t_shapes.values())}
+        s_probe = probe(ctx.student, self.student_layers, ctx.input_shape, last_map=True)
+        t_probe = probe(ctx.teacher, self.teacher_layers, ctx.input_shape, last_map=True)
+        self.student_heads = _heads_for(s_probe, "student", ctx.num_classes, o)
+        self.teacher_heads = _heads_for(t_probe, "teacher", ctx.num_classes, o)
+        self.head_inputs = {
+            "student": list(s_probe.shapes.values()),
+            "teacher": list(t_probe.shapes.values()),
+        }
         if prefit:
             # Fitted once in prepare(), then fixed: out of the optimizer, BatchNorm frozen.
             self.teacher_heads.requires_grad_(False).eval()
