@@ -10,18 +10,16 @@ The paper's proxy teacher (a network of the student's family, trained first) is 
 the method: it is a pipeline stage (:mod:`mhkd.pipelines.proxy`, ``--aux auto``) after which
 the proxy is simply this method's teacher. The student's CE stays on (weight 1).
 
-Layer matching: zoo models pair their stage ends one to one, plus the penultimate embedding as
-the final layer. When one network has more stages (m against n), stage i of the shallower
-(1-based) pairs with stage ⌈i·m/n⌉ of the deeper, the one at the same relative depth, so
-both last stages pair and the deeper net's earliest stages are the ones left out. User lists
-(``teacher_layers``/``student_layers``) are paired in order, the last entry being the final
-layer; their lengths must be equal.
+Layer matching (:func:`mhkd.methods.layers.flow_pairs`): zoo models pair their stage ends one
+to one, plus the penultimate embedding as the final layer. When one network has more stages
+(m against n), stage i of the shallower (1-based) pairs with stage ⌈i·m/n⌉ of the deeper, the
+one at the same relative depth, so both last stages pair and the deeper net's earliest stages
+are the ones left out. User lists (``teacher_layers``/``student_layers``) are paired in order,
+the last entry being the final layer; their lengths must be equal.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
+from mhkd.methods import layers
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
 
 DIAGONAL_MODES = ("keep", "exclude")
@@ -56,46 +55,12 @@ class InfoFlowOptions:
 
 
 def default_layers(model: nn.Module, role: str) -> list[str]:
-    """A zoo model's stage ends followed by its penultimate embedding."""
-    stages = getattr(model, "stage_names", None)
-    embedding = getattr(model, "embedding_name", None)
-    if not stages or not embedding:
-        raise ValueError(
-            f"the {role} ({type(model).__name__}) declares no stage_names/embedding_name; "
-            "name the matched layers with --teacher-layers and --student-layers"
-        )
-    return [*stages, embedding]
+    """A zoo model's stage ends followed by its embedding (:func:`layers.flow_layers`).
 
-
-def _same_depth(stages: Sequence[str], count: int) -> list[str]:
-    """``count`` of ``stages``: the i-th (1-based) is stage ⌈i·m/count⌉ of the m given."""
-    m = len(stages)
-    return [stages[math.ceil(i * m / count) - 1] for i in range(1, count + 1)]
-
-
-def match_layers(
-    teacher: nn.Module,
-    student: nn.Module,
-    teacher_layers: Sequence[str] | None = None,
-    student_layers: Sequence[str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Pairs of (teacher, student) layers, the final representations last (see module doc)."""
-    if teacher_layers or student_layers:
-        t = list(teacher_layers) if teacher_layers else default_layers(teacher, "teacher")
-        s = list(student_layers) if student_layers else default_layers(student, "student")
-        if len(t) != len(s):
-            raise ValueError(
-                f"infoflow pairs teacher and student layers in order, but got {len(t)} teacher "
-                f"layers ({', '.join(t)}) and {len(s)} student layers ({', '.join(s)})"
-            )
-        return t, s
-    *t_stages, t_final = default_layers(teacher, "teacher")
-    *s_stages, s_final = default_layers(student, "student")
-    n = min(len(t_stages), len(s_stages))
-    return (
-        [*_same_depth(t_stages, n), t_final],
-        [*_same_depth(s_stages, n), s_final],
-    )
+    Kept only for :mod:`mhkd.pipelines.proxy` until it calls
+    :func:`mhkd.methods.layers.final_layer`; remove it then.
+    """
+    return layers.flow_layers(model, role)
 
 
 def period_weights(
@@ -119,11 +84,7 @@ class InfoFlow(Method):
         super().__init__(TeacherUse.FEATURES)
         self.period_start, self.period_decay = options.period_start, options.period_decay
         self.diagonal = options.kernel_diagonal == "keep"
-        if ctx.teacher is None:
-            raise ValueError("infoflow needs a teacher")
-        self.teacher_layers, self.student_layers = match_layers(
-            ctx.teacher, ctx.student, ctx.teacher_layers, ctx.student_layers
-        )
+        self.teacher_layers, self.student_layers = layers.flow_pairs(ctx, self.name)
         self.layer_weights = period_weights(
             len(self.student_layers), 0, self.period_start, self.period_decay
         )

@@ -1,11 +1,18 @@
-"""Which layers the feature-based baselines tap, from zoo attributes or the user's names.
+"""Which layers the methods tap, and what those layers output: one place for both.
 
-Zoo models declare ``stage_names`` (stage ends, 4-D outputs) and ``embedding_name`` (the
-flattened penultimate features). The baselines tap what the benchmark code behind their cited
-numbers taps: RepDistiller's ``feat`` list (``model(x, is_feat=True, preact=False)``), whose
-maps ``feat[1:-1]`` are the stage ends except in four families (:data:`BENCHMARK_MAPS`). A user
-model names its layers instead (``ctx.teacher_layers``/``ctx.student_layers``,
-``--teacher-layers``/``--student-layers``).
+Zoo models declare ``stage_names`` (stage ends, 4-D outputs, in forward order) and
+``embedding_name`` (the flattened penultimate features). A user model names its layers instead
+(``ctx.teacher_layers``/``ctx.student_layers``, ``--teacher-layers``/``--student-layers``);
+named layers are used as given, paired in order, and both lists must then have one length.
+Each method picks its zoo layers by one of these rules:
+
+- :func:`stage_pairs`: the benchmark's intermediate maps (RepDistiller's ``feat[1:-1]``,
+  :func:`feature_maps`): all of them paired from the first, the last, or one index;
+- :func:`deepest_pairs`: the stage ends paired from the deepest back (mdistiller's OFD);
+- :func:`embedding_layers`: the penultimate features (CC, CRD, PKT, RKD, ReviewKD);
+- :func:`head_stages`: the first ``count`` stage ends (MHKD's heads);
+- :func:`flow_pairs`: the stage ends at the same relative depth, then the embedding
+  (information flow); :func:`final_layer` is one network's last layer of those.
 
 What the chosen layers output comes from one dry run, :func:`probe` (which also finds the
 last-stage map MHKD's heads are sized against); ``MethodContext.student_shapes`` /
@@ -35,6 +42,8 @@ BENCHMARK_MAPS: dict[str, tuple[str, ...]] = {
     "ShuffleNetV2": ("layer1", "layer2", "layer3"),
 }
 
+ROLES = ("teacher", "student")
+
 
 class LayerContext(Protocol):
     """What choosing layers reads of a :class:`~mhkd.methods.base.MethodContext`."""
@@ -46,20 +55,78 @@ class LayerContext(Protocol):
     student_layers: Sequence[str] | None
 
 
-def feature_maps(model: nn.Module, method: str, role: str) -> list[str]:
-    """The benchmark's intermediate maps of a zoo model (``feat[1:-1]``), in forward order."""
-    stages = _declared(model, "stage_names", method, role)
-    return list(BENCHMARK_MAPS.get(type(model).__name__, stages))
+# ---- the error messages, one helper each ------------------------------------------------------
+def _undeclared(model: nn.Module, attr: str, method: str | None, role: str) -> ValueError:
+    prefix = f"{method}: " if method else ""
+    if role in ROLES:
+        remedy = f"name its layers with --{role}-layers (or {role}_layers= in the Python API)"
+    else:
+        remedy = "use a zoo model, which declares it"
+    return ValueError(f"{prefix}the {role} ({type(model).__name__}) declares no {attr}; {remedy}")
 
 
-def _declared(model: nn.Module, attr: str, method: str, role: str) -> list[str] | str:
+def _unpaired(method: str, teacher: Sequence[str], student: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"{method} pairs teacher and student layers in order, but got {len(teacher)} teacher "
+        f"layers ({', '.join(teacher)}) and {len(student)} student layers ({', '.join(student)})"
+    )
+
+
+def _too_few_stages(method: str, role: str, stages: Sequence[str], count: int) -> ValueError:
+    return ValueError(
+        f"{method}: the {role} has {len(stages)} stages but {count} heads were asked for; "
+        f"lower head_stages or name layers with --{role}-layers"
+    )
+
+
+def _no_map(method: str, role: str, stages: Sequence[str], index: int | str) -> ValueError:
+    return ValueError(
+        f"{method}: map {index} does not exist; the {role} has {len(stages)} maps "
+        f"({', '.join(stages)})"
+    )
+
+
+def _not_spatial(method: str, role: str, name: str, shape: Sequence[int]) -> ValueError:
+    got = "×".join(["N", *map(str, shape)])
+    return ValueError(
+        f"{method} needs {role} layers with spatial maps (outputs N×C×H×W, such as a "
+        f"convolution or a stage end), but {role} layer {name!r} gives {got}"
+    )
+
+
+def _no_tensor(model: nn.Module, names: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"layer(s) {', '.join(map(repr, names))} of {type(model).__name__} output no tensor in "
+        "a dry run; a tapped layer must output a tensor (or a tuple whose first item is one)"
+    )
+
+
+def _no_teacher(method: str) -> ValueError:
+    return ValueError(f"method {method!r} needs a teacher")
+
+
+# ---- what a model declares and what the user named --------------------------------------------
+def _declared(model: nn.Module, attr: str, method: str | None, role: str) -> list[str] | str:
     value = getattr(model, attr, None)
     if not value:
-        raise ValueError(
-            f"{method}: the {role} ({type(model).__name__}) declares no {attr}; name its "
-            f"layers with --{role}-layers (or {role}_layers= in the Python API)"
-        )
+        raise _undeclared(model, attr, method, role)
     return list(value) if not isinstance(value, str) else value
+
+
+def stage_ends(model: nn.Module, method: str | None, role: str) -> list[str]:
+    """A zoo model's ``stage_names``, or the one error that asks for named layers."""
+    return list(_declared(model, "stage_names", method, role))
+
+
+def embedding(model: nn.Module, method: str | None, role: str) -> str:
+    """A zoo model's ``embedding_name``, or the one error that asks for named layers."""
+    return str(_declared(model, "embedding_name", method, role))
+
+
+def feature_maps(model: nn.Module, method: str, role: str) -> list[str]:
+    """The benchmark's intermediate maps of a zoo model (``feat[1:-1]``), in forward order."""
+    stages = stage_ends(model, method, role)
+    return list(BENCHMARK_MAPS.get(type(model).__name__, stages))
 
 
 def _given(ctx: LayerContext, role: str) -> list[str] | None:
@@ -67,26 +134,20 @@ def _given(ctx: LayerContext, role: str) -> list[str] | None:
     return list(layers) if layers else None
 
 
-def _model(ctx: LayerContext, role: str) -> nn.Module:
+def _model(ctx: LayerContext, role: str, method: str) -> nn.Module:
     model = ctx.teacher if role == "teacher" else ctx.student
     if model is None:
-        raise ValueError("this method needs a teacher")
+        raise _no_teacher(method)
     return model
 
 
-def require_maps(ctx: LayerContext, method: str, teacher: list[str], student: list[str]) -> None:
-    """Refuse layers whose outputs are not spatial maps (N×C×H×W), naming layer and shape."""
-    for role, names in (("teacher", teacher), ("student", student)):
-        shapes = probe(_model(ctx, role), names, ctx.input_shape).shapes
-        for name, shape in shapes.items():
-            if len(shape) != 3:
-                got = "×".join(["N", *map(str, shape)])
-                raise ValueError(
-                    f"{method} needs {role} layers with spatial maps (outputs N×C×H×W, such as "
-                    f"a convolution or a stage end), but {role} layer {name!r} gives {got}"
-                )
+def _paired(method: str, teacher: list[str], student: list[str]) -> tuple[list[str], list[str]]:
+    if len(teacher) != len(student):
+        raise _unpaired(method, teacher, student)
+    return teacher, student
 
 
+# ---- the rules ---------------------------------------------------------------------------------
 def stage_pairs(
     ctx: LayerContext, method: str, select: str | int = "all"
 ) -> tuple[list[str], list[str]]:
@@ -100,13 +161,13 @@ def stage_pairs(
     """
     sides = {}
     explicit = False
-    for role in ("teacher", "student"):
-        given = _given(ctx, role)
+    for role in ROLES:
+        model, given = _model(ctx, role, method), _given(ctx, role)
         if given is not None:
             sides[role] = given
             explicit = True
             continue
-        stages = feature_maps(_model(ctx, role), method, role)
+        stages = feature_maps(model, method, role)
         if select == "all":
             sides[role] = stages
         elif select == "last":
@@ -115,21 +176,23 @@ def stage_pairs(
             try:
                 sides[role] = [stages[int(select)]]
             except IndexError:
-                raise ValueError(
-                    f"{method}: map {select} does not exist; the {role} has {len(stages)} "
-                    f"maps ({', '.join(stages)})"
-                ) from None
+                raise _no_map(method, role, stages, select) from None
     teacher, student = sides["teacher"], sides["student"]
-    if len(teacher) != len(student):
-        if explicit:
-            raise ValueError(
-                f"{method} pairs teacher and student layers in order, but got {len(teacher)} "
-                f"teacher layers ({', '.join(teacher)}) and {len(student)} student layers "
-                f"({', '.join(student)})"
-            )
-        n = min(len(teacher), len(student))
-        teacher, student = teacher[:n], student[:n]
-    return teacher, student
+    if explicit:
+        return _paired(method, teacher, student)
+    n = min(len(teacher), len(student))
+    return teacher[:n], student[:n]
+
+
+def deepest_pairs(ctx: LayerContext, method: str) -> tuple[list[str], list[str]]:
+    """Zoo stage ends paired from the deepest back (mdistiller's ``_align_list``: the shallower
+    extra stages of the longer list are left out); user-named layers are used as given."""
+    if ctx.teacher_layers or ctx.student_layers:
+        return stage_pairs(ctx, method, "all")
+    teacher = stage_ends(_model(ctx, "teacher", method), method, "teacher")
+    student = stage_ends(_model(ctx, "student", method), method, "student")
+    n = min(len(teacher), len(student))
+    return teacher[-n:], student[-n:]
 
 
 def embedding_layers(ctx: LayerContext, method: str) -> tuple[str, str]:
@@ -139,13 +202,64 @@ def embedding_layers(ctx: LayerContext, method: str) -> tuple[str, str]:
     globally average-pooled to a vector).
     """
     names = []
-    for role in ("teacher", "student"):
-        given = _given(ctx, role)
-        if given is not None:
-            names.append(given[-1])
-        else:
-            names.append(_declared(_model(ctx, role), "embedding_name", method, role))
+    for role in ROLES:
+        model, given = _model(ctx, role, method), _given(ctx, role)
+        names.append(given[-1] if given is not None else embedding(model, method, role))
     return names[0], names[1]
+
+
+def head_stages(ctx: LayerContext, method: str, count: int) -> tuple[list[str], list[str]]:
+    """(teacher layers, student layers) for auxiliary heads: the first ``count`` stage ends of
+    each zoo model, or the user's layers; paired in order."""
+    sides = []
+    for role in ROLES:
+        model, given = _model(ctx, role, method), _given(ctx, role)
+        if given is None:
+            stages = stage_ends(model, method, role)
+            if len(stages) < count:
+                raise _too_few_stages(method, role, stages, count)
+            given = stages[:count]
+        sides.append(given)
+    return _paired(method, *sides)
+
+
+def flow_layers(model: nn.Module, role: str, method: str | None = None) -> list[str]:
+    """A zoo model's stage ends followed by its penultimate embedding."""
+    return [*stage_ends(model, method, role), embedding(model, method, role)]
+
+
+def _same_depth(stages: Sequence[str], count: int) -> list[str]:
+    """``count`` of ``stages``: the i-th (1-based) is stage ⌈i·m/count⌉ of the m given."""
+    m = len(stages)
+    return [stages[math.ceil(i * m / count) - 1] for i in range(1, count + 1)]
+
+
+def flow_pairs(ctx: LayerContext, method: str = "infoflow") -> tuple[list[str], list[str]]:
+    """Information flow's (teacher, student) layer pairs, the final representations last.
+
+    Zoo models pair their stage ends one to one, plus the embedding as the final layer; when
+    one has more stages (m against n), stage i of the shallower (1-based) pairs with stage
+    ⌈i·m/n⌉ of the deeper, the one at the same relative depth. A side the user named is used
+    as given, the other side defaulting to all its stage ends and its embedding.
+    """
+    teacher = _model(ctx, "teacher", method)
+    t_given, s_given = _given(ctx, "teacher"), _given(ctx, "student")
+    if t_given or s_given:
+        return _paired(
+            method,
+            t_given or flow_layers(teacher, "teacher", method),
+            s_given or flow_layers(ctx.student, "student", method),
+        )
+    *t_stages, t_final = flow_layers(teacher, "teacher", method)
+    *s_stages, s_final = flow_layers(ctx.student, "student", method)
+    n = min(len(t_stages), len(s_stages))
+    return [*_same_depth(t_stages, n), t_final], [*_same_depth(s_stages, n), s_final]
+
+
+def final_layer(model: nn.Module, role: str, given: Sequence[str] | None = None) -> str:
+    """The layer information flow treats as ``model``'s final representation: the last of the
+    layers named for it, else its embedding (the model must declare stage ends too)."""
+    return list(given)[-1] if given else flow_layers(model, role)[-1]
 
 
 # ---- what the layers output -------------------------------------------------------------------
@@ -188,11 +302,7 @@ def probe(
         model.train(was_training)
     missing = [name for name in names if name not in seen]
     if missing:
-        raise ValueError(
-            f"layer(s) {', '.join(map(repr, missing))} of {type(model).__name__} output no "
-            "tensor in a dry run; a tapped layer must output a tensor (or a tuple whose first "
-            "item is one)"
-        )
+        raise _no_tensor(model, missing)
     found = None
     if last_map:
         if stages:
@@ -202,6 +312,19 @@ def probe(
             last = maps[-1] if maps else torch.Size((0, 1, 1))
         found = (int(last[-2]), int(last[-1]))
     return Probe({name: seen[name] for name in names}, found)
+
+
+def check_maps(method: str, role: str, shapes: dict[str, torch.Size]) -> None:
+    """Refuse layers whose outputs are not spatial maps (N×C×H×W), naming layer and shape."""
+    for name, shape in shapes.items():
+        if len(shape) != 3:
+            raise _not_spatial(method, role, name, shape)
+
+
+def require_maps(ctx: LayerContext, method: str, teacher: list[str], student: list[str]) -> None:
+    """:func:`check_maps` on the teacher's layers, then on the student's."""
+    for role, names in (("teacher", teacher), ("student", student)):
+        check_maps(method, role, probe(_model(ctx, role, method), names, ctx.input_shape).shapes)
 
 
 def feature_dim(shape: Sequence[int] | torch.Size) -> int:

@@ -48,7 +48,7 @@ from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.heads import AuxHead, head_strides
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
-from mhkd.methods.layers import Probe, probe
+from mhkd.methods.layers import Probe, head_stages, probe
 from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
 
@@ -126,25 +126,6 @@ def _head_input(feature: Tensor) -> Tensor:
     return feature.clone() if feature.is_inference() else feature.detach()
 
 
-def _stage_layers(
-    model: nn.Module, given: Sequence[str] | None, count: int, role: str
-) -> list[str]:
-    if given:
-        return list(given)
-    stages = getattr(model, "stage_names", None)
-    if not stages:
-        raise ValueError(
-            f"the {role} ({type(model).__name__}) declares no stage_names; "
-            f"name its layers with --{role}-layers"
-        )
-    if len(stages) < count:
-        raise ValueError(
-            f"the {role} has {len(stages)} stages but {count} heads were asked for; "
-            f"lower head_stages or name layers with --{role}-layers"
-        )
-    return list(stages[:count])
-
-
 def _heads_for(probed: Probe, role: str, num_classes: int, o: MHKDOptions) -> nn.ModuleList:
     heads = []
     for name, shape in probed.shapes.items():
@@ -182,16 +163,7 @@ class MHKD(Method):
         o = options
         prefit = o.head_mode == "prefit"
         super().__init__(TeacherUse.OUTPUTS if prefit else TeacherUse.FEATURES)
-        if ctx.teacher is None:
-            raise ValueError(f"method {self.name!r} needs a teacher")
-        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, o.head_stages, "teacher")
-        student_layers = _stage_layers(ctx.student, ctx.student_layers, o.head_stages, "student")
-        if len(teacher_layers) != len(student_layers):
-            raise ValueError(
-                f"{self.name} pairs teacher and student layers in order, but got "
-                f"{len(teacher_layers)} teacher layers ({', '.join(teacher_layers)}) and "
-                f"{len(student_layers)} student layers ({', '.join(student_layers)})"
-            )
+        teacher_layers, student_layers = head_stages(ctx, self.name, o.head_stages)
         chosen = parse_heads(o.heads) or range(1, len(teacher_layers) + 1)
         self.heads = tuple(chosen)
         self._check_heads(len(teacher_layers))
