@@ -48,7 +48,7 @@ from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.heads import AuxHead, head_strides
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
-from mhkd.methods.layers import Probe, head_stages, probe
+from mhkd.methods.layers import Probe, check_maps, head_stages, probe
 from mhkd.models.complexity import count_macs
 from mhkd.taps import Taps
 
@@ -126,14 +126,12 @@ def _head_input(feature: Tensor) -> Tensor:
     return feature.clone() if feature.is_inference() else feature.detach()
 
 
-def _heads_for(probed: Probe, role: str, num_classes: int, o: MHKDOptions) -> nn.ModuleList:
+def _heads_for(
+    probed: Probe, role: str, method: str, num_classes: int, o: MHKDOptions
+) -> nn.ModuleList:
+    check_maps(method, role, probed.shapes)
     heads = []
-    for name, shape in probed.shapes.items():
-        if len(shape) != 3:
-            raise ValueError(
-                f"{role} layer {name!r} outputs shape {tuple(shape)} per sample; MHKD heads "
-                "need feature maps (channels, height, width)"
-            )
+    for shape in probed.shapes.values():
         strides = head_strides(shape[1:], probed.last_map, o.head_convs, o.head_stride)
         heads.append(AuxHead(shape[0], num_classes, o.head_convs, o.head_fcs, o.head_width,
                              strides))  # fmt: skip
@@ -177,8 +175,8 @@ class MHKD(Method):
         self.prefit_epochs, self.prefit_lr = o.prefit_epochs, o.prefit_lr
         s_probe = probe(ctx.student, self.student_layers, ctx.input_shape, last_map=True)
         t_probe = probe(ctx.teacher, self.teacher_layers, ctx.input_shape, last_map=True)
-        self.student_heads = _heads_for(s_probe, "student", ctx.num_classes, o)
-        self.teacher_heads = _heads_for(t_probe, "teacher", ctx.num_classes, o)
+        self.student_heads = _heads_for(s_probe, "student", self.name, ctx.num_classes, o)
+        self.teacher_heads = _heads_for(t_probe, "teacher", self.name, ctx.num_classes, o)
         self.head_inputs = {
             "student": list(s_probe.shapes.values()),
             "teacher": list(t_probe.shapes.values()),
