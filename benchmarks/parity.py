@@ -51,7 +51,7 @@ from mhkd.data.batch import Batch
 from mhkd.distill import DistillForward, DistillStep
 from mhkd.loop import set_seed
 from mhkd.losses.crd import ContrastMemory
-from mhkd.methods import MethodContext, MethodSet
+from mhkd.methods import MethodContext, MethodSet, Trained
 from mhkd.models.foreign import to_mhkd
 from mhkd.pipelines.builder import build_methods
 from mhkd.pipelines.pretrain import (
@@ -244,8 +244,10 @@ def make_step(run: cfg.RunConfig, teacher, student, methods: MethodSet) -> Disti
     forward = DistillForward(student, methods, teacher)
     trained = (p for p in forward.parameters() if p.requires_grad)
     optimizer, scheduler = optim.sgd(trained, run.optim, run.schedule)
-    return DistillStep(forward, forward, optimizer, scheduler, weights, torch.device("cpu"),
-                       "fp32", None, None)  # fmt: skip
+    device = torch.device("cpu")
+    trained = Trained(student, None, device, "fp32", BATCH, False)  # (no summary is taken)
+    return DistillStep(forward, forward, optimizer, scheduler, weights, device, "fp32", None,
+                       trained)  # fmt: skip
 
 
 @contextlib.contextmanager

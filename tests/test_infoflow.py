@@ -15,11 +15,12 @@ from mhkd import config as cfg
 from mhkd.cli import build_parser
 from mhkd.data.batch import Batch
 from mhkd.methods import MethodContext, MethodSet, ModelOutput, TeacherUse
-from mhkd.methods.infoflow import InfoFlowOptions, match_layers, period_weights
+from mhkd.methods.infoflow import InfoFlowOptions, period_weights
+from mhkd.methods.layers import flow_pairs, probe
 from mhkd.pipelines.proxy import build_proxy, proxy_checkpoint
 from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.rundir import RunDirectory
-from mhkd.taps import Taps, infer_shapes
+from mhkd.taps import Taps
 
 from conftest import TinyNet
 
@@ -107,13 +108,19 @@ def test_proxy_is_the_student_family_at_twice_the_width(name):
     proxy = build_proxy(student)
     assert type(proxy) is type(student)
     layers = [*student.stage_names, student.embedding_name]
-    s_shapes = infer_shapes(student, layers, (3, 16, 16))
-    p_shapes = infer_shapes(proxy, layers, (3, 16, 16))
+    s_shapes = probe(student, layers, (3, 16, 16)).shapes
+    p_shapes = probe(proxy, layers, (3, 16, 16)).shapes
     for layer in layers:
         ratio = p_shapes[layer][0] / s_shapes[layer][0]
         assert 1.8 <= ratio <= 2.2, (layer, ratio)
     with pytest.raises(ValueError, match="not a zoo model"):
         build_proxy(TinyNet())
+
+
+def match_layers(teacher, student, teacher_layers=None, student_layers=None):
+    ctx = MethodContext(student=student, teacher=teacher, num_classes=4,
+                        teacher_layers=teacher_layers, student_layers=student_layers)  # fmt: skip
+    return flow_pairs(ctx, "infoflow")
 
 
 def test_layer_matching():

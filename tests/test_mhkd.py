@@ -393,7 +393,7 @@ def test_user_layers_heads_selection_and_bad_input():
     with pytest.raises(ValueError, match="2 teacher layers .* 3 student layers"):
         MHKD(ctx, MHKDOptions())
     ctx.teacher_layers, ctx.student_layers = ["5"], ["d"]
-    with pytest.raises(ValueError, match="need feature maps"):
+    with pytest.raises(ValueError, match="mhkd needs teacher layers with spatial maps"):
         MHKD(ctx, MHKDOptions())
     zoo_ctx = MethodContext(student=OtherNet(), teacher=TinyNet(), num_classes=4)
     with pytest.raises(ValueError, match="distinct numbers from 1 to 3"):

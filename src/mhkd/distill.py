@@ -17,9 +17,8 @@ from torch import Tensor, nn
 from mhkd import checkpoint, distributed, hardware
 from mhkd.data.batch import Batch
 from mhkd.loop import StepOutput, evaluate, weighted_sum
-from mhkd.methods import MethodSet, ModelOutput, Prefit, TeacherUse
+from mhkd.methods import MethodSet, ModelOutput, Prefit, TeacherUse, Trained
 from mhkd.models.complexity import profile
-from mhkd.retrieval import retrieval_loaders, retrieval_map
 from mhkd.taps import Taps
 from mhkd.teacher_cache import TeacherCache
 
@@ -82,7 +81,8 @@ class DistillStep:
     Everything around the step is built by :mod:`mhkd.pipelines.builder`: the optimiser,
     the data-parallel wrapper (``wrapped``, ``forward`` itself in one process), what the
     methods fit first (``prefit``, fresh runs only) and the teacher cache (``open_cache``,
-    called after it: the cache holds the pre-fitted heads' logits too).
+    called after it: the cache holds the pre-fitted heads' logits too); ``trained`` is how
+    the methods may judge the student at the end (:meth:`~mhkd.methods.Method.report`).
     """
 
     def __init__(
@@ -94,8 +94,8 @@ class DistillStep:
         weights: dict[str, float],
         device: torch.device,
         precision: str,
-        train_loader: Any,
         data: Any,
+        trained: Trained,
         open_cache: Callable[[], TeacherCache] | None = None,
         prefit: Callable[[], None] | None = None,
     ):
@@ -105,7 +105,7 @@ class DistillStep:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.weights = weights
         self.device, self.precision = device, precision
-        self.train_loader, self.data = train_loader, data
+        self.data, self.trained = data, trained
         self._open_cache, self._prefit = open_cache, prefit
         self.cache: TeacherCache | None = None
 
@@ -169,21 +169,7 @@ class DistillStep:
         if self.cache is not None:
             extra["teacher_cache_bytes"] = self.cache.size_bytes()
             extra["teacher_cache_build_seconds"] = self.cache.meta["build_seconds"]
-        if self._reports_retrieval():
-            database, queries = retrieval_loaders(
-                self.data, self.train_loader.batch_size, self.device,
-                self.train_loader.channels_last,
-            )  # fmt: skip
-            extra["retrieval_map"] = retrieval_map(
-                self.student, database, queries, device=self.device, precision=self.precision
-            )
-        return {**extra, **self.methods.summary()}
-
-    def _reports_retrieval(self) -> bool:
-        """Methods judged by retrieval get the student's retrieval mAP (rank 0: test images
-        against the whole training split, which must be held in memory)."""
-        resident = getattr(self.data, "resident", True)
-        return self.methods.judged_by_retrieval and resident and distributed.world()[0] == 0
+        return {**extra, **self.methods.summary(), **self.methods.report(self.trained)}
 
 
 class PrefitStep:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 INPUT_SUFFIX = ":in"
@@ -94,30 +93,3 @@ class Taps:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@torch.no_grad()
-def infer_shapes(
-    model: nn.Module, names: Sequence[str], input_shape: Sequence[int] = (3, 32, 32)
-) -> dict[str, torch.Size]:
-    """Shapes (without the batch dimension) of the named outputs, found by a dry run.
-
-    The dry run uses a batch of 2 in eval mode so BatchNorm statistics are left untouched.
-    """
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with Taps(model, names) as taps:
-            model(torch.zeros(2, *input_shape, device=device))
-            for name, out in taps.outputs.items():
-                if not isinstance(out, torch.Tensor):
-                    raise ValueError(
-                        f"layer {name!r} of {type(model).__name__} returned a "
-                        f"{type(out).__name__}; a tapped layer must output a tensor (or a "
-                        "tuple whose first item is one)"
-                    )
-            return {name: out.shape[1:] for name, out in taps.outputs.items()}
-    finally:
-        model.train(was_training)

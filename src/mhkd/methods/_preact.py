@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from mhkd.methods._layers import _declared, _model, stage_pairs
-from mhkd.methods.base import MethodContext
 from mhkd.taps import INPUT_SUFFIX
 
 _SHORTCUTS = ("shortcut", "downsample")
@@ -83,14 +81,3 @@ def preact_taps(
     """:func:`preact_tap` for each stage: (tap names, BatchNorms)."""
     pairs = [preact_tap(model, stage, method) for stage in stages]
     return [name for name, _ in pairs], [bn for _, bn in pairs]
-
-
-def deepest_pairs(ctx: MethodContext, method: str) -> tuple[list[str], list[str]]:
-    """Zoo stages paired from the deepest back (mdistiller's ``_align_list``: the shallower
-    extra stages of the longer list are left out); user-named layers are used as given."""
-    if ctx.teacher_layers or ctx.student_layers:
-        return stage_pairs(ctx, method, "all")
-    teacher = _declared(_model(ctx, "teacher"), "stage_names", method, "teacher")
-    student = _declared(_model(ctx, "student"), "stage_names", method, "student")
-    n = min(len(teacher), len(student))
-    return list(teacher[-n:]), list(student[-n:])

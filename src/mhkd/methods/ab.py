@@ -8,10 +8,10 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods._preact import preact_taps
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
 from mhkd.methods.fitnet import Regressor
+from mhkd.methods.layers import stage_pairs
 
 
 @dataclass

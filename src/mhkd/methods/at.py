@@ -8,8 +8,8 @@ from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import require_maps, stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import require_maps, stage_pairs
 
 
 @dataclass
@@ -21,7 +21,7 @@ class ATOptions:
 class AT(Method):
     """Attention maps (``p = 2``) of every benchmark map, summed; β = 1000, no KD.
 
-    Zoo models give RepDistiller's ``feat[1:-1]`` (:func:`~mhkd.methods._layers.feature_maps`),
+    Zoo models give RepDistiller's ``feat[1:-1]`` (:func:`~mhkd.methods.layers.feature_maps`),
     paired from the first on; when the two models have different numbers of maps the deeper
     extra ones are left out (the benchmark's ``zip``). Spatial sizes are matched by pooling the
     larger map, channel counts may differ, so no trainable extras.

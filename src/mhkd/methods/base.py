@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mhkd.data.batch import Batch
-from mhkd.taps import infer_shapes
+from mhkd.methods.layers import probe
 
 
 def option(default: Any = None, help: str = "", flag: str | None = None) -> Any:
@@ -75,12 +75,27 @@ class MethodContext:
     student_layers: Sequence[str] | None = None
 
     def student_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
-        return infer_shapes(self.student, names, self.input_shape)
+        """Per-sample output shapes of the named student layers (:func:`layers.probe`)."""
+        return probe(self.student, names, self.input_shape).shapes
 
     def teacher_shapes(self, names: Sequence[str]) -> dict[str, torch.Size]:
+        """Per-sample output shapes of the named teacher layers (:func:`layers.probe`)."""
         if self.teacher is None:
             raise ValueError("this method needs a teacher")
-        return infer_shapes(self.teacher, names, self.input_shape)
+        return probe(self.teacher, names, self.input_shape).shapes
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The trained student as a method may judge it at the end of a run (:meth:`Method.report`):
+    the model, the run's data and how the run evaluates (device, precision, batch, layout)."""
+
+    student: nn.Module
+    data: Any
+    device: torch.device
+    precision: str
+    batch_size: int
+    channels_last: bool
 
 
 @dataclass
@@ -108,8 +123,7 @@ class Method(nn.Module):
     A subclass states, as class attributes: ``name``; ``Options``, the dataclass of its
     options (its flags are generated from it as ``--NAME.FIELD``); ``ce_weight``, the weight
     it gives the label term; ``weights``, the default weight of every term ``forward``
-    returns; ``companions``, methods that always run beside it (e.g. ``("kd",)``);
-    ``judged_by_retrieval``, whether its paper measures the student by retrieval mAP. Its
+    returns; ``companions``, methods that always run beside it (e.g. ``("kd",)``). Its
     ``__init__(ctx, options)`` passes ``teacher_use`` up, fills ``teacher_layers`` /
     ``student_layers`` with the layers it needs tapped, and it implements ``forward``.
     """
@@ -119,7 +133,6 @@ class Method(nn.Module):
     ce_weight: ClassVar[float] = 1.0
     weights: ClassVar[dict[str, float]] = {}
     companions: ClassVar[tuple[str, ...]] = ()
-    judged_by_retrieval: ClassVar[bool] = False
 
     def __init__(self, teacher_use: TeacherUse = TeacherUse.FEATURES):
         super().__init__()
@@ -150,6 +163,11 @@ class Method(nn.Module):
 
     def summary(self) -> dict[str, Any]:
         """Extra fields for the run's ``summary.json`` (static facts: sizes, layer pairs)."""
+        return {}
+
+    def report(self, trained: Trained) -> dict[str, Any]:
+        """Fields for ``summary.json`` measured on the trained student the way the method's
+        paper judges it (information flow: retrieval mAP); default none."""
         return {}
 
 
@@ -235,9 +253,12 @@ class MethodSet(nn.Module):
     def teacher_use(self) -> TeacherUse:
         return max((m.teacher_use for m in self.methods.values()), default=TeacherUse.NONE)
 
-    @property
-    def judged_by_retrieval(self) -> bool:
-        return any(m.judged_by_retrieval for m in self.methods.values())
+    def report(self, trained: Trained) -> dict[str, Any]:
+        """Every method's measures of the trained student (see :meth:`Method.report`)."""
+        extra: dict[str, Any] = {}
+        for method in self.methods.values():
+            extra.update(method.report(trained))
+        return extra
 
     @property
     def teacher_layers(self) -> list[str]:

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import check_maps, stage_pairs
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FitNet(Method):
     """Hint loss at a middle map: ``MSE(regressor(f_s), f_t)``, β = 100, with KD.
 
     Default layers: RepDistiller's ``feat[hint_layer = 2]`` of each zoo model (map 1 of
-    :func:`~mhkd.methods._layers.feature_maps`: VGG ``block2``, WRN ``block2``, ResNet
+    :func:`~mhkd.methods.layers.feature_maps`: VGG ``block2``, WRN ``block2``, ResNet
     ``layer2``, MobileNetV2 ``blocks.2``, ShuffleNetV2 ``layer2``); ``hint_stage`` picks another
     map index; user-named layers give one hint per pair (one regressor each, losses summed).
     The regressor is sized by a dry run.
@@ -80,10 +80,8 @@ class FitNet(Method):
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, select)
         t_shapes = ctx.teacher_shapes(self.teacher_layers)
         s_shapes = ctx.student_shapes(self.student_layers)
-        for role, shapes in (("teacher", t_shapes), ("student", s_shapes)):
-            flat = [n for n, s in shapes.items() if len(s) != 3]
-            if flat:
-                raise ValueError(f"fitnet needs feature maps; {role} layer(s) {flat} are not 4-D")
+        check_maps(self.name, "teacher", t_shapes)
+        check_maps(self.name, "student", s_shapes)
         self.regressors = nn.ModuleList(
             Regressor(s_shapes[s], t_shapes[t])
             for t, s in zip(self.teacher_layers, self.student_layers, strict=True)

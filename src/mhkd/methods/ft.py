@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from mhkd import checkpoint, losses
 from mhkd.data.batch import Batch
 from mhkd.losses._common import constant
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import check_maps, stage_pairs
 
 
 @dataclass
@@ -64,10 +64,11 @@ class FT(Method):
     def __init__(self, ctx: MethodContext, options: FTOptions):
         super().__init__(TeacherUse.FEATURES)
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "last")
-        t_shape = ctx.teacher_shapes(self.teacher_layers)[self.teacher_layers[0]]
-        s_shape = ctx.student_shapes(self.student_layers)[self.student_layers[0]]
-        if len(t_shape) != 3 or len(s_shape) != 3:
-            raise ValueError("ft needs feature maps (4-D) at the last stage of both models")
+        t_shapes = ctx.teacher_shapes(self.teacher_layers)
+        s_shapes = ctx.student_shapes(self.student_layers)
+        check_maps(self.name, "teacher", t_shapes)
+        check_maps(self.name, "student", s_shapes)
+        t_shape, s_shape = t_shapes[self.teacher_layers[0]], s_shapes[self.student_layers[0]]
         self.paraphraser = Paraphraser(int(t_shape[0]), options.rate)
         self.translator: nn.Module | None = None
         if options.paraphraser is not None:

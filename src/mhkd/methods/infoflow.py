@@ -10,26 +10,34 @@ The paper's proxy teacher (a network of the student's family, trained first) is 
 the method: it is a pipeline stage (:mod:`mhkd.pipelines.proxy`, ``--aux auto``) after which
 the proxy is simply this method's teacher. The student's CE stays on (weight 1).
 
-Layer matching: zoo models pair their stage ends one to one, plus the penultimate embedding as
-the final layer. When one network has more stages (m against n), stage i of the shallower
-(1-based) pairs with stage ⌈i·m/n⌉ of the deeper, the one at the same relative depth, so
-both last stages pair and the deeper net's earliest stages are the ones left out. User lists
-(``teacher_layers``/``student_layers``) are paired in order, the last entry being the final
-layer; their lengths must be equal.
+Layer matching (:func:`mhkd.methods.layers.flow_pairs`): zoo models pair their stage ends one
+to one, plus the penultimate embedding as the final layer. When one network has more stages
+(m against n), stage i of the shallower (1-based) pairs with stage ⌈i·m/n⌉ of the deeper, the
+one at the same relative depth, so both last stages pair and the deeper net's earliest stages
+are the ones left out. User lists (``teacher_layers``/``student_layers``) are paired in order,
+the last entry being the final layer; their lengths must be equal.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from mhkd import losses
+from mhkd import distributed, losses
 from mhkd.data.batch import Batch
-from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods import layers
+from mhkd.methods.base import (
+    Method,
+    MethodContext,
+    ModelOutput,
+    TeacherUse,
+    Trained,
+    option,
+    register,
+)
+from mhkd.retrieval import retrieval_loaders, retrieval_map
 
 DIAGONAL_MODES = ("keep", "exclude")
 
@@ -55,49 +63,6 @@ class InfoFlowOptions:
             )
 
 
-def default_layers(model: nn.Module, role: str) -> list[str]:
-    """A zoo model's stage ends followed by its penultimate embedding."""
-    stages = getattr(model, "stage_names", None)
-    embedding = getattr(model, "embedding_name", None)
-    if not stages or not embedding:
-        raise ValueError(
-            f"the {role} ({type(model).__name__}) declares no stage_names/embedding_name; "
-            "name the matched layers with --teacher-layers and --student-layers"
-        )
-    return [*stages, embedding]
-
-
-def _same_depth(stages: Sequence[str], count: int) -> list[str]:
-    """``count`` of ``stages``: the i-th (1-based) is stage ⌈i·m/count⌉ of the m given."""
-    m = len(stages)
-    return [stages[math.ceil(i * m / count) - 1] for i in range(1, count + 1)]
-
-
-def match_layers(
-    teacher: nn.Module,
-    student: nn.Module,
-    teacher_layers: Sequence[str] | None = None,
-    student_layers: Sequence[str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Pairs of (teacher, student) layers, the final representations last (see module doc)."""
-    if teacher_layers or student_layers:
-        t = list(teacher_layers) if teacher_layers else default_layers(teacher, "teacher")
-        s = list(student_layers) if student_layers else default_layers(student, "student")
-        if len(t) != len(s):
-            raise ValueError(
-                f"infoflow pairs teacher and student layers in order, but got {len(t)} teacher "
-                f"layers ({', '.join(t)}) and {len(s)} student layers ({', '.join(s)})"
-            )
-        return t, s
-    *t_stages, t_final = default_layers(teacher, "teacher")
-    *s_stages, s_final = default_layers(student, "student")
-    n = min(len(t_stages), len(s_stages))
-    return (
-        [*_same_depth(t_stages, n), t_final],
-        [*_same_depth(s_stages, n), s_final],
-    )
-
-
 def period_weights(
     layers: int, epoch: int, start: float = 100.0, decay: float = 0.7
 ) -> list[float]:
@@ -113,17 +78,12 @@ class InfoFlow(Method):
     Options = InfoFlowOptions
     ce_weight = 1.0
     weights = {"infoflow": 1.0}
-    judged_by_retrieval = True  # the paper's Table 1: retrieval mAP on CIFAR-10
 
     def __init__(self, ctx: MethodContext, options: InfoFlowOptions):
         super().__init__(TeacherUse.FEATURES)
         self.period_start, self.period_decay = options.period_start, options.period_decay
         self.diagonal = options.kernel_diagonal == "keep"
-        if ctx.teacher is None:
-            raise ValueError("infoflow needs a teacher")
-        self.teacher_layers, self.student_layers = match_layers(
-            ctx.teacher, ctx.student, ctx.teacher_layers, ctx.student_layers
-        )
+        self.teacher_layers, self.student_layers = layers.flow_pairs(ctx, self.name)
         self.layer_weights = period_weights(
             len(self.student_layers), 0, self.period_start, self.period_decay
         )
@@ -150,3 +110,14 @@ class InfoFlow(Method):
     def summary(self) -> dict[str, Any]:
         pairs = zip(self.teacher_layers, self.student_layers, strict=True)
         return {"infoflow_pairs": [list(pair) for pair in pairs]}
+
+    def report(self, trained: Trained) -> dict[str, Any]:
+        """The paper's measure (Table 1, CIFAR-10): the student's retrieval mAP, test images
+        against the whole training split (rank 0; the split must be held in memory)."""
+        if not getattr(trained.data, "resident", True) or distributed.world()[0] != 0:
+            return {}
+        database, queries = retrieval_loaders(trained.data, trained.batch_size, trained.device,
+                                              trained.channels_last)  # fmt: skip
+        score = retrieval_map(trained.student, database, queries, device=trained.device,
+                              precision=trained.precision)  # fmt: skip
+        return {"retrieval_map": score}

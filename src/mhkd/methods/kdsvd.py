@@ -8,8 +8,8 @@ from torch import Tensor
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import stage_pairs
 
 
 @dataclass

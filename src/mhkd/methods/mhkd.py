@@ -10,10 +10,11 @@ Head stride (the paper states none): by default each head convolution strides 2 
 it reads is larger than its network's last-stage map (:func:`mhkd.heads.head_strides`), so a
 WRN-16-2 stage-1 head (32 channels, 32×32, network ending at 8×8) strides (2, 2) and costs
 56.7 MMACs per image instead of 679.6 at stride 1. ``head_stride=1`` is the paper-literal head
-for ablations. The last-stage map is found by the dry run that sizes the heads: the output of
-the model's last ``stage_names`` entry, or, for a model without ``stage_names`` (user layers),
-the last map larger than 1×1 that any of its modules outputs in forward order (the map its
-global pooling reduces), whichever layers the heads tap.
+for ablations. The last-stage map is found by the dry run that sizes the heads
+(:func:`mhkd.methods.layers.probe`): the output of the model's last ``stage_names`` entry, or,
+for a model without ``stage_names`` (user layers), the last map larger than 1×1 that any of
+its modules outputs in forward order (the map its global pooling reduces), whichever layers
+the heads tap.
 
 What the method reads of the teacher: in ``joint`` mode live stage features every step
 (``TeacherUse.FEATURES``; the teacher heads train on detached copies, nothing flows back into
@@ -55,8 +56,8 @@ from mhkd.methods.base import (
     option,
     register,
 )
+from mhkd.methods.layers import Probe, check_maps, head_stages, probe
 from mhkd.models.complexity import count_macs
-from mhkd.taps import Taps
 
 HEAD_MODES = ("joint", "prefit")
 
@@ -132,69 +133,13 @@ def _head_input(feature: Tensor) -> Tensor:
     return feature.clone() if feature.is_inference() else feature.detach()
 
 
-def _stage_layers(
-    model: nn.Module, given: Sequence[str] | None, count: int, role: str
-) -> list[str]:
-    if given:
-        return list(given)
-    stages = getattr(model, "stage_names", None)
-    if not stages:
-        raise ValueError(
-            f"the {role} ({type(model).__name__}) declares no stage_names; "
-            f"name its layers with --{role}-layers"
-        )
-    if len(stages) < count:
-        raise ValueError(
-            f"the {role} has {len(stages)} stages but {count} heads were asked for; "
-            f"lower head_stages or name layers with --{role}-layers"
-        )
-    return list(stages[:count])
-
-
-@torch.no_grad()
-def _dry_run(
-    model: nn.Module, layers: Sequence[str], input_shape: Sequence[int]
-) -> tuple[dict[str, torch.Size], tuple[int, int]]:
-    """The tapped layers' output shapes and the (H, W) of the model's last-stage map, from one
-    batch-2 eval-mode dry run (see the module docstring for which map that is)."""
-    stages = getattr(model, "stage_names", None)
-    probe = [stages[-1]] if stages else [name for name, _ in model.named_modules() if name]
-    param = next(model.parameters(), None)
-    was_training = model.training
-    model.eval()
-    try:
-        with Taps(model, [*layers, *probe]) as taps:
-            model(torch.zeros(2, *input_shape, device=param.device if param is not None else None))
-            seen = {n: out.shape[1:] for n, out in taps.outputs.items() if isinstance(out, Tensor)}
-    finally:
-        model.train(was_training)
-    missing = [name for name in layers if name not in seen]
-    if missing:
-        raise ValueError(f"layer(s) {', '.join(missing)} of {type(model).__name__} output no "
-                         "tensor in a dry run")  # fmt: skip
-    if stages:
-        last = seen[stages[-1]]
-    else:  # outputs are in the order the modules finished: the last map is the deepest
-        maps = [shape for shape in seen.values() if len(shape) == 3 and shape[1] * shape[2] > 1]
-        last = maps[-1] if maps else torch.Size((0, 1, 1))
-    return {name: seen[name] for name in layers}, (int(last[-2]), int(last[-1]))
-
-
 def _heads_for(
-    shapes: dict[str, torch.Size],
-    last: tuple[int, int],
-    role: str,
-    num_classes: int,
-    o: MHKDOptions,
+    probed: Probe, role: str, method: str, num_classes: int, o: MHKDOptions
 ) -> nn.ModuleList:
+    check_maps(method, role, probed.shapes)
     heads = []
-    for name, shape in shapes.items():
-        if len(shape) != 3:
-            raise ValueError(
-                f"{role} layer {name!r} outputs shape {tuple(shape)} per sample; MHKD heads "
-                "need feature maps (channels, height, width)"
-            )
-        strides = head_strides(shape[1:], last, o.head_convs, o.head_stride)
+    for shape in probed.shapes.values():
+        strides = head_strides(shape[1:], probed.last_map, o.head_convs, o.head_stride)
         heads.append(AuxHead(shape[0], num_classes, o.head_convs, o.head_fcs, o.head_width,
                              strides))  # fmt: skip
     return nn.ModuleList(heads)
@@ -223,16 +168,7 @@ class MHKD(Method):
         o = options
         prefit = o.head_mode == "prefit"
         super().__init__(TeacherUse.OUTPUTS if prefit else TeacherUse.FEATURES)
-        if ctx.teacher is None:
-            raise ValueError(f"method {self.name!r} needs a teacher")
-        teacher_layers = _stage_layers(ctx.teacher, ctx.teacher_layers, o.head_stages, "teacher")
-        student_layers = _stage_layers(ctx.student, ctx.student_layers, o.head_stages, "student")
-        if len(teacher_layers) != len(student_layers):
-            raise ValueError(
-                f"{self.name} pairs teacher and student layers in order, but got "
-                f"{len(teacher_layers)} teacher layers ({', '.join(teacher_layers)}) and "
-                f"{len(student_layers)} student layers ({', '.join(student_layers)})"
-            )
+        teacher_layers, student_layers = head_stages(ctx, self.name, o.head_stages)
         chosen = parse_heads(o.heads) or range(1, len(teacher_layers) + 1)
         self.heads = tuple(chosen)
         self._check_heads(len(teacher_layers))
@@ -244,11 +180,14 @@ class MHKD(Method):
         self.temperature, self.alpha, self.beta = o.temperature, o.alpha, o.beta
         self.head_mode, self.head_stride = o.head_mode, o.head_stride
         self.prefit_epochs, self.prefit_lr = o.prefit_epochs, o.prefit_lr
-        s_shapes, s_last = _dry_run(ctx.student, self.student_layers, ctx.input_shape)
-        t_shapes, t_last = _dry_run(ctx.teacher, self.teacher_layers, ctx.input_shape)
-        self.student_heads = _heads_for(s_shapes, s_last, "student", ctx.num_classes, o)
-        self.teacher_heads = _heads_for(t_shapes, t_last, "teacher", ctx.num_classes, o)
-        self.head_inputs = {"student": list(s_shapes.values()), "teacher": list(t_shapes.values())}
+        s_probe = probe(ctx.student, self.student_layers, ctx.input_shape, last_map=True)
+        t_probe = probe(ctx.teacher, self.teacher_layers, ctx.input_shape, last_map=True)
+        self.student_heads = _heads_for(s_probe, "student", self.name, ctx.num_classes, o)
+        self.teacher_heads = _heads_for(t_probe, "teacher", self.name, ctx.num_classes, o)
+        self.head_inputs = {
+            "student": list(s_probe.shapes.values()),
+            "teacher": list(t_probe.shapes.values()),
+        }
         if prefit:
             # Fitted once in prepare(), then fixed: out of the optimizer, BatchNorm frozen.
             self.teacher_heads.requires_grad_(False).eval()

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._preact import deepest_pairs, preact_taps
+from mhkd.methods._preact import preact_taps
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import deepest_pairs
 
 
 @dataclass

@@ -9,8 +9,8 @@ from torch import Tensor
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.losses._common import flat_features
-from mhkd.methods._layers import embedding_layers
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import embedding_layers
 
 
 @dataclass

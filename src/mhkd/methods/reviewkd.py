@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from mhkd import losses
 from mhkd.data.batch import Batch
-from mhkd.methods._layers import embedding_layers, stage_pairs
 from mhkd.methods._preact import preact_taps
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import embedding_layers, stage_pairs
 
 
 @dataclass

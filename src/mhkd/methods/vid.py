@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.losses.features import match_spatial
-from mhkd.methods._layers import stage_pairs
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
+from mhkd.methods.layers import check_maps, stage_pairs
 
 
 @dataclass
@@ -57,10 +57,8 @@ class VID(Method):
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "all")
         t_shapes = ctx.teacher_shapes(self.teacher_layers)
         s_shapes = ctx.student_shapes(self.student_layers)
-        for role, shapes in (("teacher", t_shapes), ("student", s_shapes)):
-            flat = [n for n, s in shapes.items() if len(s) != 3]
-            if flat:
-                raise ValueError(f"vid needs feature maps; {role} layer(s) {flat} are not 4-D")
+        check_maps(self.name, "teacher", t_shapes)
+        check_maps(self.name, "student", s_shapes)
         self.regressors = nn.ModuleList(
             VIDRegressor(s_shapes[s][0], t_shapes[t][0], options.init_var, options.eps)
             for t, s in zip(self.teacher_layers, self.student_layers, strict=True)

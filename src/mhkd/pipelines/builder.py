@@ -34,7 +34,7 @@ from mhkd.config import (
 )
 from mhkd.distill import DistillForward, DistillStep, PrefitStep, input_shape
 from mhkd.loop import EpochLoop, Step, set_seed
-from mhkd.methods import MethodContext, MethodSet, Prefit, TeacherUse
+from mhkd.methods import MethodContext, MethodSet, Prefit, TeacherUse, Trained
 from mhkd.models.complexity import profile
 from mhkd.pipelines.loading import (
     check_classes,
@@ -185,9 +185,11 @@ def distill_step(parts: RunParts) -> DistillStep:
             fit_prefit(stage, parts.teacher, parts.train_loader, parts.test_loader,
                        parts.config.runtime.quiet)  # fmt: skip
 
+    trained = Trained(parts.student, parts.splits, hw.device, hw.precision,
+                      config.optim.batch_size // distributed.world()[1], hw.channels_last)
     return DistillStep(
         forward, parts.distributed(forward), optimizer, scheduler, weights, hw.device,
-        hw.precision, parts.train_loader, parts.splits, open_cache=cache, prefit=prefit,
+        hw.precision, parts.splits, trained, open_cache=cache, prefit=prefit,
     )  # fmt: skip
 
 
@@ -228,7 +230,7 @@ def teacher_cache(parts: RunParts, methods: MethodSet) -> TeacherCache:
     root, device = Path(runtime.teacher_cache), parts.hardware.device
     if distributed.world()[0] == 0 and not (root / "meta.json").is_file():
         build_cache(
-            root, teacher, splits, device, outputs=outputs, augment=parts.train_loader.augment,
+            root, teacher, splits, device, outputs=outputs, augment=parts.config.data.augment,
             topk=runtime.teacher_cache_topk, precision=parts.hardware.precision,
             channels_last=parts.hardware.channels_last, quiet=runtime.quiet,
         )  # fmt: skip

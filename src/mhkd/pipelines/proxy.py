@@ -23,7 +23,7 @@ from torch import nn
 from mhkd import checkpoint, models
 from mhkd.config import ConfigError, RunConfig, check_range, refuse_unused
 from mhkd.methods.base import expand, option
-from mhkd.methods.infoflow import default_layers
+from mhkd.methods.layers import final_layer
 from mhkd.pipelines.builder import fit_stage, load_teacher, stage_inputs
 from mhkd.pipelines.loading import deployable_state, load_model
 from mhkd.pipelines.registry import Pipeline, register
@@ -119,8 +119,8 @@ def train_proxy(
 ) -> nn.Module:
     """Stages 1 and 2 (see the module docstring); returns the trained proxy."""
     aux = config.aux
-    teacher_layer = (config.models.teacher_layers or default_layers(teacher, "teacher"))[-1]
-    proxy_layer = default_layers(proxy, "proxy")[-1]
+    teacher_layer = final_layer(teacher, "teacher", config.models.teacher_layers)
+    proxy_layer = final_layer(proxy, "proxy")
     for phase, epochs in (("ce", aux.epochs), ("distill", aux.distill_epochs)):
         epochs = config.schedule.epochs if epochs is None else epochs
         if epochs < 1:
