@@ -19,7 +19,7 @@ from mhkd.methods.infoflow import InfoFlowOptions, period_weights
 from mhkd.methods.layers import flow_pairs, probe
 from mhkd.pipelines.proxy import build_proxy, proxy_checkpoint
 from mhkd.retrieval import retrieval_loaders, retrieval_map
-from mhkd.rundir import RunDirectory
+from mhkd.rundir import RunDirectory, RunFiles
 from mhkd.taps import Taps
 
 from conftest import TinyNet
@@ -228,7 +228,7 @@ def test_auto_proxy_run_then_reuse_its_checkpoint(tmp_path, fast):
     assert log["infoflow_alpha_intermediate"] == 100.0 and log["loss_infoflow"] > 0
     # proxy.pt holds the distilled proxy: the distill stage's final weights
     proxy, _ = checkpoint.load_model(proxy_ckpt)
-    last = RunDirectory(out / "aux" / "distill", writes=False).load_last()["step"]["model"]
+    last = RunFiles(out / "aux" / "distill").load_last()["step"]["model"]
     assert proxy.state_dict().keys() == last.keys()
     assert all(torch.equal(proxy.state_dict()[k], last[k]) for k in last)
 

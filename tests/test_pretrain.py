@@ -11,7 +11,7 @@ import torch
 
 from mhkd import api, checkpoint, data, models
 from mhkd.methods.fsp import stem_name
-from mhkd.rundir import RunDirectory
+from mhkd.rundir import RunDirectory, RunFiles
 
 from conftest import TinyNet
 
@@ -77,7 +77,7 @@ def test_ft_trains_the_paraphraser_alone_then_transfers(tmp_path):
     out = tmp_path / "run"
     summary = _distill(out, "ft")
     assert summary["method"] == "ft" and summary["pretrain_method"] == "ft"
-    stage = RunDirectory(out / "pretrain", writes=False).load_last()["step"]
+    stage = RunFiles(out / "pretrain").load_last()["step"]
     torch.manual_seed(0)
     TinyNet(width=8)  # the teacher's draw
     fresh = TinyNet(width=8).state_dict()
@@ -85,7 +85,7 @@ def test_ft_trains_the_paraphraser_alone_then_transfers(tmp_path):
         if "running" not in key and "num_batches" not in key:
             assert torch.equal(value, fresh[key]), key
     saved = checkpoint.read_state(out / "pretrain" / "paraphraser.pt")["paraphraser"]
-    final = RunDirectory(out, writes=False).load_last()["step"]["method"]
+    final = RunFiles(out).load_last()["step"]["method"]
     for key, value in saved.items():  # frozen in stage 2
         assert torch.equal(final[f"methods.ft.paraphraser.{key}"], value), key
     assert _metrics(out / "metrics.jsonl")[0]["loss_ft"] > 0

@@ -9,6 +9,7 @@ from html import escape
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mhkd import api, data
 from mhkd import config as cfg
@@ -223,3 +224,18 @@ def test_settings_ignore_runtime_fields_at_any_depth_and_name_missing_ones():
 
 OLD_SUMMARY = {"test_acc": 70.0, "best_test_acc": 71.0, "params": 250, "macs": 4000, "seed": 0,
                "seconds": 90.0, "model": "resnet8", "method": "kd", "data": "digits"}  # fmt: skip
+
+
+def test_a_default_pipeline_section_of_an_older_release_does_not_split_a_group(tmp_path):
+    """Older releases wrote ``aux`` (mode none) into every config.yaml; it is read as absent,
+    while a proxy run's ``aux`` is kept."""
+    old, new, proxy = tmp_path / "old", tmp_path / "new", tmp_path / "proxy"
+    tree = {"data": {"name": "digits"}, "method": "kd", "optim": {"lr": 0.1}}
+    default = {"mode": "none", "width": 2.0, "epochs": None, "distill_epochs": None}
+    for folder, extra in ((old, {"aux": default}), (new, {}),
+                          (proxy, {"aux": {**default, "mode": "auto"}})):  # fmt: skip
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump({**tree, **extra}))
+    assert read_run(old).config == read_run(new).config == tree
+    assert setting(read_run(old).config) == setting(read_run(new).config)
+    assert read_run(proxy).config["aux"]["mode"] == "auto"

@@ -19,6 +19,7 @@ from mhkd.rundir import (
     RunDirectory,
     RunDirectoryAccessError,
     RunDirectoryError,
+    RunFiles,
     RunSummary,
 )
 
@@ -193,7 +194,7 @@ def test_metrics_of_releases_that_counted_epochs_from_zero_read_1_based(tmp_path
     (tmp_path / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e, "test_acc": 10.0 + e}) + "\n" for e in range(3))
     )
-    records = RunDirectory(tmp_path, readonly=True).read_metrics()
+    records = RunFiles(tmp_path).read_metrics()
     assert [(r["epoch"], r["test_acc"]) for r in records] == [(1, 10.0), (2, 11.0), (3, 12.0)]
 
 
@@ -253,16 +254,15 @@ def test_files_round_trip(tmp_path):
         run.write_summary(summary())
         run.save_last({"model": {"w": torch.arange(3.0)}, "epoch": 2})
         run.save_best({"model": {"w": torch.ones(2)}})
-    reader = RunDirectory(tmp_path, readonly=True)
+    reader = RunFiles(tmp_path)
     assert reader.read_config() == tree
     assert reader.read_summary() == summary()
     assert torch.equal(reader.load_last()["model"]["w"], torch.arange(3.0))
     assert torch.equal(checkpoint.load(tmp_path / "checkpoints/best.pt")["model"]["w"],
                        torch.ones(2))  # fmt: skip
-    with pytest.raises(RuntimeError, match="read-only"):
-        reader.write_config({})
+    assert not hasattr(reader, "write_config")  # reading a run cannot write into it
     with pytest.raises(checkpoint.CheckpointError, match="holds no run to continue"):
-        RunDirectory(tmp_path / "empty", readonly=True).load_last()
+        RunFiles(tmp_path / "empty").load_last()
 
 
 def test_non_writers_write_nothing(tmp_path):
@@ -309,7 +309,7 @@ def test_a_full_disk_keeps_the_previous_summary_and_no_temporary_file(tmp_path, 
             run.write_summary(summary(test_acc=70.0))
     path = tmp_path / "summary.json"
     assert str(failed.value) == f"cannot write {path}: No space left on device"
-    assert RunDirectory(tmp_path, readonly=True).read_summary().test_acc == 60.0
+    assert RunFiles(tmp_path).read_summary().test_acc == 60.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 

@@ -13,7 +13,7 @@ from mhkd import api, checkpoint
 from mhkd import config as cfg
 from mhkd.loop import NonFiniteLossError, weighted_sum
 from mhkd.methods import Method, MethodContext, TeacherUse, register
-from mhkd.rundir import RunDirectory
+from mhkd.rundir import RunFiles
 
 from conftest import TinyNet
 from runs import stop_after, stop_during, training_run
@@ -126,7 +126,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tin
         run = training_run(TinyNet(), tiny_data, method="test_poison", out=tmp_path, epochs=3,
                            **fast)  # fmt: skip
         run.fit()
-    state = RunDirectory(tmp_path, readonly=True).load_last()
+    state = RunFiles(tmp_path).load_last()
     assert state["loop"]["epoch"] == 1
     weights = state["step"]["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

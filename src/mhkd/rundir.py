@@ -151,13 +151,123 @@ class RunSummary:
 
 
 # ---- the run directory -------------------------------------------------------------------
-class RunDirectory:
-    """One run's folder: claim, configuration, metrics, checkpoints and summary.
+class RunFiles:
+    """A run's folder as files to read: configuration, metrics, checkpoints and summary (a
+    finished run for a report, a stage whose result the next stage reads). Writing is
+    :class:`RunDirectory`'s, which claims the folder first."""
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root is not None else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory."""
+        if self.root is None:
+            raise ValueError("this run has no directory (out)")
+        return self.root.joinpath(*parts)
+
+    def artefacts(self) -> list[Path]:
+        """The run files and folders present (config, metrics, summary, checkpoints, ...)."""
+        if self.root is None:
+            return []
+        found = [self.path(name) for name in ARTEFACT_FILES if self.path(name).is_file()]
+        found += sorted(self.path(CHECKPOINTS).glob("*.pt"))
+        found += [self.path(name) for name in ARTEFACT_FOLDERS if self.path(name).is_dir()]
+        return found
+
+    def orphans(self) -> list[Path]:
+        """Temporary files of atomic writes that never finished (``.last.pt.x1y2z3`` ...)."""
+        if self.root is None:
+            return []
+        found = []
+        for folder in (self.root, self.path(CHECKPOINTS)):
+            if not folder.is_dir():
+                continue
+            for path in checkpoint.orphaned_temp_files(folder):
+                target = checkpoint.temp_target(path.name) or ""
+                if target in ARTEFACT_FILES or target.endswith(".pt"):
+                    found.append(path)
+        return found
+
+    def read_config(self) -> dict[str, Any]:
+        """The resolved configuration; ``{}`` when the run has none."""
+        path = self.path(CONFIG)
+        if not path.is_file():
+            return {}
+        try:
+            tree = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
+        if tree is None:
+            return {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path} is not a YAML mapping")
+        return tree
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every epoch record, epochs 1-based; a last line cut short by a kill is ignored.
+
+        Releases before the run-directory schema counted epochs from 0; such a file (its
+        first record is epoch 0) is renumbered so that reports read old and new runs alike.
+        """
+        path = self.path(METRICS)
+        if not path.is_file():
+            return []
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{path}:{number} is not JSON") from None
+        if records and records[0].get("epoch") == 0:
+            records = [{**r, "epoch": r["epoch"] + 1} for r in records]
+        return records
+
+    def has_last(self) -> bool:
+        """Whether ``checkpoints/last.pt`` exists (a run to resume)."""
+        return self.root is not None and self.path(CHECKPOINTS, "last.pt").is_file()
+
+    def load_last(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The resumable state (every rank reads it)."""
+        path = self.path(CHECKPOINTS, "last.pt")
+        if not path.is_file():
+            raise checkpoint.CheckpointError(self._nothing_to_resume())
+        return checkpoint.read_state(path, map_location=map_location)
+
+    def check_resumable(self) -> None:
+        """Refuse a resume without ``last.pt`` before anything of the run is written."""
+        if self.root is not None and not self.has_last():
+            raise checkpoint.CheckpointError(self._nothing_to_resume())
+
+    def _nothing_to_resume(self) -> str:
+        path = self.path(CHECKPOINTS, "last.pt")
+        if self.artefacts():
+            return f"--resume: no checkpoint at {path} (start over with --overwrite)"
+        return f"--resume: {self.root} holds no run to continue; start one without --resume"
+
+    def read_summary(self) -> RunSummary | None:
+        """The run's summary; ``None`` while the run has not ended."""
+        path = self.path(SUMMARY)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is not JSON") from None
+        return RunSummary.from_dict(data, path)
+
+
+class RunDirectory(RunFiles):
+    """One run's folder, owned by this process: claim, then configuration, metrics,
+    checkpoints and summary written atomically.
 
     ``writes=False`` (every rank but 0 of a distributed run, or ``root=None``: a run without a
-    folder) makes every write a no-op while reads still work. ``readonly=True`` opens a
-    finished run for reading; a write then is a programming error. Use it as a context manager
-    so the lock is released however the run ends::
+    folder) makes every write a no-op while reads still work. Use it as a context manager so
+    the lock is released however the run ends::
 
         with RunDirectory(out).claim(overwrite=False, resume=False) as run:
             run.write_config(tree)
@@ -169,12 +279,10 @@ class RunDirectory:
         root: str | Path | None,
         *,
         writes: bool = True,
-        readonly: bool = False,
         warn: Callable[[str], None] = _warn,
     ):
-        self.root = Path(root) if root is not None else None
-        self.readonly = readonly
-        self.writes = writes and not readonly and self.root is not None
+        super().__init__(root)
+        self.writes = writes and self.root is not None
         self.warn = warn
         self._holder: lock.LockHolder | None = None
         self._created = False  # the claim made the folder
@@ -182,13 +290,6 @@ class RunDirectory:
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.root)!r}, writes={self.writes})"
 
-    def path(self, *parts: str) -> Path:
-        """A path inside the run directory."""
-        if self.root is None:
-            raise ValueError("this run has no directory (out)")
-        return self.root.joinpath(*parts)
-
-    # ---- claim and release ---------------------------------------------------------------
     def claim(self, overwrite: bool = False, resume: bool = False) -> RunDirectory:
         """Lock the folder for this process, then make it ready for a fresh or resumed run.
 
@@ -198,7 +299,6 @@ class RunDirectory:
         """
         if overwrite and resume:
             raise ValueError("--overwrite and --resume exclude each other")
-        self._check_writable()
         if not self.writes or self._holder is not None:
             return self
         with self._os_errors(f"cannot claim run directory {self.root}"):
@@ -266,30 +366,6 @@ class RunDirectory:
             names = ", ".join(str(p.relative_to(self.root)) for p in orphans)
             self.warn(f"removed temporary file(s) left by an interrupted write: {names}")
 
-    def artefacts(self) -> list[Path]:
-        """The run files and folders present (config, metrics, summary, checkpoints, ...)."""
-        if self.root is None:
-            return []
-        found = [self.path(name) for name in ARTEFACT_FILES if self.path(name).is_file()]
-        found += sorted(self.path(CHECKPOINTS).glob("*.pt"))
-        found += [self.path(name) for name in ARTEFACT_FOLDERS if self.path(name).is_dir()]
-        return found
-
-    def orphans(self) -> list[Path]:
-        """Temporary files of atomic writes that never finished (``.last.pt.x1y2z3`` ...)."""
-        if self.root is None:
-            return []
-        found = []
-        for folder in (self.root, self.path(CHECKPOINTS)):
-            if not folder.is_dir():
-                continue
-            for path in checkpoint.orphaned_temp_files(folder):
-                target = checkpoint.temp_target(path.name) or ""
-                if target in ARTEFACT_FILES or target.endswith(".pt"):
-                    found.append(path)
-        return found
-
-    # ---- files ---------------------------------------------------------------------------
     def record_config(
         self, tree: dict[str, Any], resume: bool, implied: dict[str, Any] | None = None
     ) -> None:
@@ -326,111 +402,36 @@ class RunDirectory:
 
     def write_config(self, tree: dict[str, Any]) -> None:
         """Write the resolved configuration as YAML (safe types only)."""
-        if self._check_writable():
+        if self.writes:
             self._write_text(self.path(CONFIG), yaml.safe_dump(tree, sort_keys=False))
-
-    def read_config(self) -> dict[str, Any]:
-        """The resolved configuration; ``{}`` when the run has none."""
-        path = self.path(CONFIG)
-        if not path.is_file():
-            return {}
-        try:
-            tree = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
-        if tree is None:
-            return {}
-        if not isinstance(tree, dict):
-            raise ValueError(f"{path} is not a YAML mapping")
-        return tree
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one epoch's record as a line of JSON."""
-        if self._check_writable():
+        if self.writes:
             path = self.path(METRICS)
             with self._os_errors(f"cannot write {path}"), path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Every epoch record, epochs 1-based; a last line cut short by a kill is ignored.
-
-        Releases before the run-directory schema counted epochs from 0; such a file (its
-        first record is epoch 0) is renumbered so that reports read old and new runs alike.
-        """
-        path = self.path(METRICS)
-        if not path.is_file():
-            return []
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise ValueError(f"{path}:{number} is not JSON") from None
-        if records and records[0].get("epoch") == 0:
-            records = [{**r, "epoch": r["epoch"] + 1} for r in records]
-        return records
-
     def trim_metrics(self, done: int) -> None:
         """Keep the records of the first ``done`` epochs: a resumed run logs later ones again."""
-        if self._check_writable() and self.path(METRICS).is_file():
+        if self.writes and self.path(METRICS).is_file():
             kept = [r for r in self.read_metrics() if r["epoch"] <= done]
             self._write_text(self.path(METRICS), "".join(json.dumps(r) + "\n" for r in kept))
 
-    def has_last(self) -> bool:
-        """Whether ``checkpoints/last.pt`` exists (a run to resume)."""
-        return self.root is not None and self.path(CHECKPOINTS, "last.pt").is_file()
-
     def save_last(self, state: dict[str, Any]) -> None:
         """Write the resumable state, atomically."""
-        if self._check_writable():
+        if self.writes:
             self._save(state, self.path(CHECKPOINTS, "last.pt"))
 
     def save_best(self, state: dict[str, Any]) -> None:
         """Write the deployable model at its best epoch, atomically."""
-        if self._check_writable():
+        if self.writes:
             self._save(state, self.path(CHECKPOINTS, "best.pt"))
-
-    def load_last(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        """The resumable state (every rank reads it)."""
-        path = self.path(CHECKPOINTS, "last.pt")
-        if not path.is_file():
-            raise checkpoint.CheckpointError(self._nothing_to_resume())
-        return checkpoint.read_state(path, map_location=map_location)
-
-    def check_resumable(self) -> None:
-        """Refuse a resume without ``last.pt`` before anything of the run is written."""
-        if self.root is not None and not self.has_last():
-            raise checkpoint.CheckpointError(self._nothing_to_resume())
-
-    def _nothing_to_resume(self) -> str:
-        path = self.path(CHECKPOINTS, "last.pt")
-        if self.artefacts():
-            return f"--resume: no checkpoint at {path} (start over with --overwrite)"
-        return f"--resume: {self.root} holds no run to continue; start one without --resume"
 
     def write_summary(self, summary: RunSummary) -> None:
         """Write summary.json (the run has ended)."""
-        if self._check_writable():
+        if self.writes:
             self._write_text(self.path(SUMMARY), json.dumps(summary.to_dict(), indent=2) + "\n")
-
-    def read_summary(self) -> RunSummary | None:
-        """The run's summary; ``None`` while the run has not ended."""
-        path = self.path(SUMMARY)
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} is not JSON") from None
-        return RunSummary.from_dict(data, path)
-
-    # ---- helpers -------------------------------------------------------------------------
-    def _check_writable(self) -> bool:
-        if self.readonly:
-            raise RuntimeError(f"{self.root} was opened read-only")
-        return self.writes
 
     def _save(self, state: dict[str, Any], path: Path) -> None:
         try:

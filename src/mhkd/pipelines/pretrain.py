@@ -28,7 +28,7 @@ from mhkd.config import ConfigError, RunConfig
 from mhkd.methods.base import expand, method_class
 from mhkd.pipelines.builder import fit_stage, load_teacher, stage_inputs
 from mhkd.pipelines.registry import Pipeline, register
-from mhkd.rundir import RunDirectory
+from mhkd.rundir import RunFiles
 
 #: Methods with a pre-training stage, and whether stage 2 keeps the method (FT) or drops it.
 PRETRAINED = {"ab": False, "fsp": False, "ft": True}
@@ -82,7 +82,7 @@ def _stage_two_config(config: RunConfig, name: str, out: Path | None) -> RunConf
 
 
 def _save_paraphraser(stage_out: Path, target: Path) -> None:
-    state = RunDirectory(stage_out, writes=False).load_last()["step"]["method"]
+    state = RunFiles(stage_out).load_last()["step"]["method"]
     prefix = "methods.ft.paraphraser."
     weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     checkpoint.save({"format": checkpoint.MODEL_FORMAT, "paraphraser": weights}, target)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mhkd.config import SECTIONS, flat_names
-from mhkd.rundir import CONFIG, METRICS, SUMMARY, RunDirectory, RunSummary
+import mhkd.pipelines  # noqa: F401  (registers the pipelines' sections)
+from mhkd.config import PIPELINE_SECTIONS, SECTIONS, flat_names, to_dict
+from mhkd.rundir import CONFIG, METRICS, SUMMARY, RunFiles, RunSummary
 
 RUN_FILES = (SUMMARY, METRICS, CONFIG)
 UNKNOWN = "?"
@@ -98,5 +99,17 @@ def _is_run(path: Path) -> bool:
 
 def read_run(path: str | Path) -> Run:
     """Read a run directory; a last metrics line cut short by a kill is ignored."""
-    run = RunDirectory(path, readonly=True)
-    return Run(Path(path), run.read_config(), run.read_metrics(), run.read_summary())
+    run = RunFiles(path)
+    config = without_default_sections(run.read_config())
+    return Run(Path(path), config, run.read_metrics(), run.read_summary())
+
+
+def without_default_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` less the pipelines' sections that sit at their defaults: earlier releases
+    wrote the proxy teacher's ``aux`` (mode none) into every run's config.yaml, so without
+    this an old and a new run of one setting would not pool."""
+    return {
+        key: value
+        for key, value in tree.items()
+        if not (key in PIPELINE_SECTIONS and value == to_dict(PIPELINE_SECTIONS[key]()))
+    }
