@@ -30,6 +30,7 @@ SECTIONS = [
             "crd_renovation/rounds_resnet_fp32.md",
         ),
     ),
+    ("Train step before and after the run builder", ("builder_speed.md",)),
     ("Train step per method (KD, MHKD, CRD)", ("speed_methods.md",)),
     ("channels_last on and off", ("speed_layout.md", "speed_layout_epyc.md")),
     ("torch.compile on and off", ("speed_compile.md",)),
@@ -55,7 +56,9 @@ suffix) and an AMD EPYC with AVX2 only, no bf16 units, like most laptops (the ta
 Machine line names it). Most figures were taken on one thread (`OMP_NUM_THREADS=1`), so
 absolute images/s are one core's; the ratios compare runners timed side by side in the same
 process. The AMD EPYC figures were taken while other jobs shared its two cores ("contended"):
-its ratios hold, its absolute images/s and seconds are lower than an idle machine's.
+its ratios hold, its absolute images/s and seconds are lower than an idle machine's. One
+table (the run builder's speed) comes from a third machine, an AMD EPYC with AVX-512 and
+avx512_bf16, as its Machine line and notes say.
 
 **GPU:** no GPU was lent to the session that produced these figures, so there are no GPU
 figures yet. `benchmarks/bench_speed.py` runs unchanged on a CUDA machine (data resident on the
