@@ -84,9 +84,13 @@ def write_results(lines: list[str], out: Path | None) -> None:
 
 
 def mhkd_runner(run) -> Callable[[], None]:
-    """One iteration of mhkd's own loop: the next batch from its loader, then its train step
-    (``run``: a :class:`mhkd.pipelines.builder.Run`)."""
-    loader, train_step = run.loop.train_loader, run.step
+    """One iteration of mhkd's own loop (``run``: a :class:`mhkd.pipelines.builder.Run`)."""
+    return loop_runner(run.loop.train_loader, run.step)
+
+
+def loop_runner(loader, train_step) -> Callable[[], None]:
+    """One iteration of a training loop: the next batch from ``loader`` (epoch 0 over and
+    over), then ``train_step`` on it."""
     batches = iter(())
 
     def step() -> None:

@@ -44,7 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, machine, write_results
+from common import command, loop_runner, machine, write_results
 
 NUM_CLASSES = 100
 CRD_SAMPLES = 16_385  # bench_speed.py's N: enough training samples for 16384 negatives
@@ -103,16 +103,7 @@ def build(pair: str, method: str, batch: int, precision: str, channels_last: str
         run.step.prepare(fresh=True)  # methods' one-off work, as the loop does before epoch 1
         loader, train_step = run.loop.train_loader, run.step
         api, resolved_cl = make_run.__name__, loader.channels_last
-    batches = iter(())
-
-    def step() -> None:  # bench_speed.py's mhkd runner
-        nonlocal batches
-        batch_ = next(batches, None)
-        if batch_ is None:
-            loader.set_epoch(0)
-            batches = iter(loader)
-            batch_ = next(batches)
-        train_step(batch_)
+    step = loop_runner(loader, train_step)  # bench_speed.py's mhkd runner
 
     info = {
         "api": api,

@@ -90,3 +90,17 @@ class Batches(list):
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+
+def bare_convnet() -> nn.Module:
+    """Two convolutions (16×16 in: a 16×16 then a 4×4 map) and a classifier of 4 classes,
+    declaring no stage_names: the layer probe must find its last map by itself."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, 4, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )

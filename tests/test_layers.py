@@ -12,7 +12,7 @@ from mhkd.methods import MethodContext, method_class
 from mhkd.methods import layers as L
 from mhkd.taps import Taps
 
-from conftest import TinyNet
+from conftest import TinyNet, bare_convnet
 
 #: One model per zoo family: (stage ends, the benchmark's maps feat[1:-1]).
 FAMILIES = {
@@ -194,15 +194,7 @@ def test_the_probe_gives_a_real_forwards_shapes(zoo, name):
 
 
 def test_the_probe_of_a_model_without_stage_names():
-    bare = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, 4, 1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 4),
-    )
+    bare = bare_convnet()
     found = L.probe(bare, ["1", "5"], (3, 16, 16), last_map=True)
     assert found.shapes == {"1": torch.Size([4, 16, 16]), "5": torch.Size([6])}
     assert found.last_map == (4, 4)  # the deepest map larger than 1x1, not the pooled 1x1

@@ -21,7 +21,7 @@ from mhkd.models.complexity import count_macs
 from mhkd.pipelines.builder import fit_prefit
 from mhkd.taps import Taps
 
-from conftest import Batches, TinyNet
+from conftest import Batches, TinyNet, bare_convnet
 
 SMALL = {"head_width": 16}  # heads of the paper's shape, narrower, so tests stay fast
 
@@ -204,15 +204,7 @@ def test_user_models_heads_follow_their_own_last_map():
     assert [h.strides for h in method.teacher_heads] == [(2, 2), (2, 1), (1, 1)]
     # A model without stage_names: its last map is the deepest one larger than 1x1 that any
     # module outputs (here the 4x4 of the second conv), whichever layers the heads tap.
-    bare = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, 4, 1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 4),
-    )
+    bare = bare_convnet()
     ctx = MethodContext(student=bare, teacher=TinyNet(width=4), num_classes=4,
                         input_shape=(3, 16, 16), teacher_layers=["stage1"],
                         student_layers=["1"])  # fmt: skip
