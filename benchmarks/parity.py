@@ -246,8 +246,8 @@ def make_step(run: cfg.RunConfig, teacher, student, methods: MethodSet) -> Disti
     optimizer, scheduler = optim.sgd(trained, run.optim, run.schedule)
     device = torch.device("cpu")
     trained = Trained(student, None, device, "fp32", BATCH, False)  # (no summary is taken)
-    return DistillStep(forward, forward, optimizer, scheduler, weights, device, "fp32", None,
-                       trained)  # fmt: skip
+    return DistillStep(forward, optimizer=optimizer, scheduler=scheduler, weights=weights,
+                       device=device, precision="fp32", data=None, trained=trained)  # fmt: skip
 
 
 @contextlib.contextmanager

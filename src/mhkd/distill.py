@@ -88,7 +88,7 @@ class DistillStep:
     def __init__(
         self,
         forward: DistillForward,
-        wrapped: nn.Module,
+        *,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         weights: dict[str, float],
@@ -96,10 +96,11 @@ class DistillStep:
         precision: str,
         data: Any,
         trained: Trained,
+        wrapped: nn.Module | None = None,
         open_cache: Callable[[], TeacherCache] | None = None,
         prefit: Callable[[], None] | None = None,
     ):
-        self.forward, self.ddp = forward, wrapped
+        self.forward, self.ddp = forward, wrapped if wrapped is not None else forward
         self.student, self.methods = forward.student, forward.methods
         self.teacher = forward.teacher
         self.optimizer, self.scheduler = optimizer, scheduler

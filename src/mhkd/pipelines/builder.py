@@ -188,8 +188,9 @@ def distill_step(parts: RunParts) -> DistillStep:
     trained = Trained(parts.student, parts.splits, hw.device, hw.precision,
                       config.optim.batch_size // distributed.world()[1], hw.channels_last)
     return DistillStep(
-        forward, parts.distributed(forward), optimizer, scheduler, weights, hw.device,
-        hw.precision, parts.splits, trained, open_cache=cache, prefit=prefit,
+        forward, optimizer=optimizer, scheduler=scheduler, weights=weights, device=hw.device,
+        precision=hw.precision, data=parts.splits, trained=trained,
+        wrapped=parts.distributed(forward), open_cache=cache, prefit=prefit,
     )  # fmt: skip
 
 
@@ -357,11 +358,11 @@ def build_run(
         if built is None:
             return Run(parts, None, None, directory)
         loop = EpochLoop(
-            built, parts.train_loader, parts.test_loader, config.schedule.epochs, directory,
-            identity if identity is not None else _identity(config, parts),
-            [*loggers, *_tensorboard(config, directory)], config.runtime.quiet, label=label,
+            built, parts.train_loader, parts.test_loader, config.schedule.epochs,
+            run=directory, identity=identity if identity is not None else _identity(config, parts),
+            loggers=[*loggers, *_tensorboard(config, directory)], quiet=config.runtime.quiet,
+            label=label, finish=finish,
             facts={**_facts(config, parts), "channels_last": hw.channels_last, **extra},
-            finish=finish,
         )  # fmt: skip
         run = Run(parts, built, loop, directory)
         if resume:
