@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from test_foreign_checkpoints import cifar_resnet_keys, repdistiller_file, trained_like
 from torch import nn
 
@@ -430,3 +431,24 @@ def test_cli_prunes_a_repdistiller_checkpoint_of_the_arch_given(tmp_path, capsys
     test_loader = make_loaders(data.load("synthetic"), 64)[1]
     expected = evaluate(original, test_loader, torch.device("cpu"))
     assert summary["stage1"]["ladder_test_acc"][-1] == pytest.approx(expected)
+
+
+def test_stage1_is_a_run_of_the_builder_with_its_resolved_layout(tiny_data, fast, tmp_path):
+    """Stage 1 gets the run's resolved channels_last (it was always NCHW) and records its
+    hardware; with no fine-tuning epochs the pipeline's summary is written by a claimed run
+    of OUT, which it releases."""
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", num_classes=4, width_mult=0.25)
+    settings = {**fast, "channels_last": "on", "epochs": 1, "finetune_epochs": 0,
+                "latency_repeats": 1}  # fmt: skip
+    result = prune(teacher, tiny_data, keep=0.5, assistants=1, out=out, **settings)
+    stage1 = json.loads((out / "stage1/summary.json").read_text())
+    assert stage1["channels_last"] is True and stage1["method"] == "cascade"
+    resolved = yaml.safe_load((out / "stage1/config.yaml").read_text())["resolved"]
+    assert resolved["channels_last"] is True and resolved["precision"] == "fp32"
+    assert resolved["keeps"] == [0.5, 1.0] and resolved["world_size"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {**result.summary, "schema": summary["schema"]}
+    assert summary["best_epoch"] is None and summary["params_after"] < summary["params_before"]
+    assert not (out / ".lock").exists() and not (out / "stage1/.lock").exists()

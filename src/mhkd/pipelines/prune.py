@@ -457,12 +457,12 @@ class Pruning:
                 "test_acc": accuracy, "best_test_acc": accuracy, "best_epoch": None,
                 **profile(student, self.input_shape),
             }  # fmt: skip
-            summary = finish(unchanged)
+            summary = RunSummary.from_dict(finish(unchanged))  # as a run's summary reads
             directory = claim(self.out, overwrite=self.overwrite, resume=self.resume, check=False)
             if directory is not None:
                 with directory:
-                    directory.write_summary(RunSummary.from_dict(summary))
-            return PruneResult(student, summary)
+                    directory.write_summary(summary)
+            return PruneResult(student, summary.to_dict())
         started = self.resume and self.out is not None and \
             (self.out / "checkpoints" / "last.pt").is_file()  # fmt: skip
         run = build_run(
