@@ -128,5 +128,8 @@ def run_with_pretraining(
     ).summary  # fmt: skip
 
 
-register(Pipeline("pretrain", run_with_pretraining,
-                  lambda config: pretraining_method(config) is not None))  # fmt: skip
+def _takes(config: Any) -> bool:
+    return isinstance(config, RunConfig) and pretraining_method(config) is not None
+
+
+register(Pipeline("pretrain", run_with_pretraining, _takes))
