@@ -356,8 +356,11 @@ class Pruning:
     def _stage1_run(self, step: Any, resume: bool, finish: Any = None) -> Run:
         """Stage 1 as a run of the builder in ``OUT/stage1``; config.yaml is the whole pruning
         configuration and what it resolved to."""
+        uncompiled = dataclasses.replace(  # the cascade deep-copies the original: not compiled
+            self.config, runtime=dataclasses.replace(self.config.runtime, compile=False)
+        )
         return build_run(
-            self.config, self._stage1(), step=step, student=self.original, splits=self.splits,
+            uncompiled, self._stage1(), step=step, student=self.original, splits=self.splits,
             overwrite=self.overwrite, resume=resume, label="stage 1 epoch",
             record={**cfg.to_dict(self.config), "resolved": self._describe()},
             identity={"keeps": self.keeps, "data": self.splits.name},
