@@ -192,6 +192,7 @@ def test_distill_settings_that_would_do_nothing_or_wrong_are_refused(
         (["--momentum", "inf"], "--momentum must be a finite number"),
         (["--momentum", "1e30"], "--momentum must be in [0, 1), got 1e+30"),
         (["--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+        (["--momentum", "0", "--nesterov"], "--nesterov needs momentum"),
         (["--seed", "-1"], "--seed must be in 0..4294967295, got -1"),
         (["--seed", "12345678901234567890"], "--seed must be in 0..4294967295"),
         (["--train-per-class", "10000000000"], "--train-per-class must be in 1..10000000"),

@@ -248,7 +248,9 @@ def validate(config: Any) -> None:
         (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),
         (o.weight_decay >= 0, f"--weight-decay must be >= 0, got {o.weight_decay}"),
         (s.gamma > 0, f"--gamma must be positive, got {s.gamma}"),
-    ]
+        (not o.nesterov or o.momentum > 0,
+         "--nesterov needs momentum: with --momentum 0 give --no-nesterov"),
+    ]  # fmt: skip
     if s.milestones is not None:
         m = s.milestones
         checks.append(

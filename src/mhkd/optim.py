@@ -20,10 +20,10 @@ def sgd(
     params: Iterable[nn.Parameter], optim: OptimConfig, schedule: ScheduleConfig
 ) -> tuple[torch.optim.SGD, Scheduler]:
     """SGD over ``params`` and its per-epoch schedule: cosine to zero over the run's epochs, or
-    ×gamma at each milestone. Nesterov momentum needs momentum; without it plain SGD runs."""
+    ×gamma at each milestone."""
     optimizer = torch.optim.SGD(
         list(params), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-        nesterov=optim.nesterov and optim.momentum > 0,
+        nesterov=optim.nesterov,
     )  # fmt: skip
     if schedule.kind == "cosine":
         return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, schedule.epochs)
