@@ -30,7 +30,7 @@ SECTIONS = [
             "crd_renovation/rounds_resnet_fp32.md",
         ),
     ),
-    ("Train step before and after the run builder", ("builder_speed.md",)),
+    ("Train step before and after the run builder", ("builder_speed.md", "builder_speed_mhkd.md")),
     ("Train step per method (KD, MHKD, CRD)", ("speed_methods.md",)),
     ("channels_last on and off", ("speed_layout.md", "speed_layout_epyc.md")),
     ("torch.compile on and off", ("speed_compile.md",)),
