@@ -67,7 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mhkd {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_quickstart_command(commands)
+    _add_training_commands(commands)
+    _add_eval_command(commands)
 
+    zoo = commands.add_parser("models", help="list the zoo with params and MACs")
+    zoo.add_argument("--num-classes", type=int,
+                     help="classes of every model (default: each model's own: 100 for the "
+                     "CIFAR networks, 1000 for the ImageNet ones)")  # fmt: skip
+    zoo.set_defaults(run=_run_models)
+
+    from mhkd.export import add_export_command
+    from mhkd.report import add_report_command
+
+    add_report_command(commands)
+    add_export_command(commands)
+    _add_prune_command(commands)
+    _add_qat_command(commands)
+    return parser
+
+
+def _add_quickstart_command(commands: argparse._SubParsersAction) -> None:
     quick = commands.add_parser(
         "quickstart",
         help="teacher, then CE, KD and MHKD students on the bundled digits set, in minutes",
@@ -82,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.set_defaults(run=_run_quickstart, interrupted="start it again with --overwrite")
 
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    """train, distill and recipe: one run each, with the generated configuration flags."""
     train = commands.add_parser(
         "train",
         help="train a zoo model with cross-entropy (e.g. a teacher)",
@@ -108,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(recipe, teacher=True)
     recipe.set_defaults(run=_run_recipe)
 
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval", help="test accuracy of a checkpoint", description="Evaluate a checkpoint."
     )
@@ -125,21 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also the retrieval mAP of the penultimate embedding (test "
                           "images as queries against the training set)")  # fmt: skip
     evaluate.set_defaults(run=_run_eval)
-
-    zoo = commands.add_parser("models", help="list the zoo with params and MACs")
-    zoo.add_argument("--num-classes", type=int,
-                     help="classes of every model (default: each model's own: 100 for the "
-                     "CIFAR networks, 1000 for the ImageNet ones)")  # fmt: skip
-    zoo.set_defaults(run=_run_models)
-
-    from mhkd.export import add_export_command
-    from mhkd.report import add_report_command
-
-    add_report_command(commands)
-    add_export_command(commands)
-    _add_prune_command(commands)
-    _add_qat_command(commands)
-    return parser
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, teacher: bool) -> None:
