@@ -105,7 +105,7 @@ def to_onnx(
     which ``keep_float`` and ``reduce_range`` are passed to). An existing file is replaced only
     if mhkd wrote it, or with ``overwrite``.
     """
-    onnx, _ = _onnx_modules()
+    _onnx_modules()  # refuses, before anything is written, a machine without onnx/onnxruntime
     path = Path(path)
     targets = [path, quantize.int8_path(path)] if int8 else [path]
     for target in targets:
@@ -114,7 +114,19 @@ def to_onnx(
         calibration = quantize.calibration_arrays(calibration, input_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
-    net.eval()
+    _write_graph(net.eval(), path, input_shape, opset, metadata, seed, type(model).__name__)
+    diff = check(net, path, input_shape, seed=seed)
+    if int8:
+        quantize.quantize(
+            path, targets[1], calibration, keep_float=keep_float, reduce_range=reduce_range
+        )
+    return diff
+
+
+def _write_graph(net: nn.Module, path: Path, input_shape: Sequence[int], opset: int,
+                 metadata: dict[str, Any] | None, seed: int, name: str) -> None:  # fmt: skip
+    """The ONNX graph of ``net`` (batch dynamic), checked, with mhkd's metadata, at ``path``."""
+    onnx, _ = _onnx_modules()
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(seed))
     _register_channel_shuffle()
     try:
@@ -132,19 +144,13 @@ def to_onnx(
             )
     except Exception as exc:  # the exporter raises many types for unsupported operators
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot export {type(model).__name__} to ONNX: {first}") from None
+        raise ExportError(f"cannot export {name} to ONNX: {first}") from None
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
     for key, value in {"exporter": f"mhkd {__version__}", **(metadata or {})}.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = f"mhkd.{key}", json.dumps(value)
     onnx.save(graph, str(path))
-    diff = check(net, path, input_shape, seed=seed)
-    if int8:
-        quantize.quantize(
-            path, targets[1], calibration, keep_float=keep_float, reduce_range=reduce_range
-        )
-    return diff
 
 
 def _session(path: str | Path) -> Any:

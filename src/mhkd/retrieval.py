@@ -43,23 +43,7 @@ def mean_average_precision(
     a time: memory is about ``50 · chunk · len(db)`` bytes (300 MB for 128 × 50 000).
     Returns a fraction in [0, 1].
     """
-    if query_emb.dim() != 2 or db_emb.dim() != 2 or query_emb.shape[1] != db_emb.shape[1]:
-        raise ValueError(
-            f"embeddings must be N×D with one D; got queries {tuple(query_emb.shape)} and "
-            f"database {tuple(db_emb.shape)}"
-        )
-    if (
-        len(query_labels) != len(query_emb)
-        or len(db_labels) != len(db_emb)
-        or not len(db_emb)
-        or not len(query_emb)
-    ):
-        raise ValueError(
-            f"need one label per embedding, some queries and a database; got {len(query_emb)} "
-            f"queries, {len(query_labels)} labels, {len(db_emb)} items, {len(db_labels)} labels"
-        )
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    _check_inputs(query_emb, query_labels, db_emb, db_labels, chunk)
     device = db_emb.device
     db_labels = db_labels.to(device)
     query_labels = query_labels.to(device)
@@ -93,6 +77,28 @@ def mean_average_precision(
             else:
                 total += ((precision * relevant).sum(1, dtype=torch.float64) / r).sum()
     return float(total) / len(queries)
+
+
+def _check_inputs(query_emb: Tensor, query_labels: Tensor, db_emb: Tensor, db_labels: Tensor,
+                  chunk: int) -> None:  # fmt: skip
+    """Refuse embeddings of another width, labels that do not match, nothing to rank."""
+    if query_emb.dim() != 2 or db_emb.dim() != 2 or query_emb.shape[1] != db_emb.shape[1]:
+        raise ValueError(
+            f"embeddings must be N×D with one D; got queries {tuple(query_emb.shape)} and "
+            f"database {tuple(db_emb.shape)}"
+        )
+    if (
+        len(query_labels) != len(query_emb)
+        or len(db_labels) != len(db_emb)
+        or not len(db_emb)
+        or not len(query_emb)
+    ):
+        raise ValueError(
+            f"need one label per embedding, some queries and a database; got {len(query_emb)} "
+            f"queries, {len(query_labels)} labels, {len(db_emb)} items, {len(db_labels)} labels"
+        )
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
 
 
 def _pooled(x: Tensor) -> Tensor:

@@ -379,6 +379,14 @@ def _build(root, teacher, splits, device, outputs, augment, topk, batch_size, pr
     progress.close()
     for array in [*targets, *extras.values()]:
         array.flush()
+    return _seal(root, teacher, splits, outputs, views, topk, extras, precision, started)
+
+
+def _seal(root, teacher, splits, outputs, views, topk, extras, precision,
+          started) -> dict[str, Any]:  # fmt: skip
+    """Name the finished arrays and write meta.json last, atomically: its presence means the
+    cache is complete."""
+    n = len(splits.train.labels)
     meta = {
         "format": FORMAT,
         "teacher": fingerprint_model(teacher),
@@ -397,7 +405,7 @@ def _build(root, teacher, splits, device, outputs, augment, topk, batch_size, pr
         (root / f"{name}.npy.part").replace(root / f"{name}.npy")
     meta["build_seconds"] = round(time.perf_counter() - started, 2)
     meta["size_bytes"] = sum((root / f"{name}.npy").stat().st_size for name in _files(meta))
-    part = root / "meta.json.part"  # written last, atomically: its presence means complete
+    part = root / "meta.json.part"
     part.write_text(json.dumps(meta, indent=2) + "\n")
     part.replace(root / "meta.json")
     return meta
