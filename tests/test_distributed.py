@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mhkd import data
+from mhkd.pipelines.prune import prune
 
 from conftest import TinyNet
 from runs import training_run
@@ -72,3 +73,30 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         ddp_record, one_record = json.loads(ddp_line), json.loads(one_line)
         for key in ("loss_ce", "loss_kd", "train_acc"):  # train metrics reduced over ranks
             assert abs(ddp_record[key] - one_record[key]) < 1e-4, key
+
+
+def _prune_rank_main(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    _prune(out)
+    dist.destroy_process_group()
+
+
+def _prune(out: str):
+    settings = {k: v for k, v in SETTINGS.items() if k != "epochs"}
+    return prune(_models()[0], _splits(), keep=0.5, assistants=1, epochs=2, finetune_epochs=0,
+                 latency_repeats=1, out=out, **settings)  # fmt: skip
+
+
+def test_pruning_stage1_under_two_gloo_processes_matches_one_process(tmp_path):
+    """Stage 1 is a run of the builder: rank-aware loaders and its cascade wrapped for DDP."""
+    mp.spawn(_prune_rank_main, args=(_free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    _prune(str(tmp_path / "one"))
+    ddp = torch.load(tmp_path / "ddp/stage1/student.pt", weights_only=True)
+    one = torch.load(tmp_path / "one/stage1/student.pt", weights_only=True)
+    assert ddp["pruned_channels"] == one["pruned_channels"]
+    for name, value in one["model"].items():
+        torch.testing.assert_close(ddp["model"][name], value, rtol=1e-4, atol=1e-5)
+    stage1 = json.loads((tmp_path / "ddp/stage1/summary.json").read_text())
+    assert stage1["world_size"] == 2
