@@ -238,3 +238,21 @@ def test_one_message_for_layers_without_spatial_maps():
             ),
         ):
             cls(ctx, cls.Options())
+
+
+def test_fsp_and_kdsvd_share_one_equal_channel_check():
+    """The one check: spatial maps first (the shared message), then one channel count per pair,
+    naming the pair and both shapes."""
+    t, s = TinyNet(width=8), TinyNet(width=4)
+    for name in ("fsp", "kdsvd"):
+        cls = method_class(name)
+        ctx = ctx_of(t, s, ["stage1", "stage2"], ["stage1", "stage2"], (3, 16, 16))
+        with pytest.raises(ValueError, match=rf"^{name} needs feature maps of equal channel "
+                           r"counts; teacher stage1 is \(8, 16, 16\), student stage1 is "
+                           r"\(4, 16, 16\)$"):  # fmt: skip
+            cls(ctx, cls.Options())
+        flat = ctx_of(t, t, ["stage1", "fc"], ["stage1", "fc"], (3, 16, 16))
+        with pytest.raises(ValueError, match=f"^{name} needs teacher layers with spatial maps"):
+            cls(flat, cls.Options())
+        same = ctx_of(t, TinyNet(width=8), ["stage1", "stage2"], ["stage1", "stage2"], (3, 16, 16))
+        assert cls(same, cls.Options()).teacher_layers[-2:] == ["stage1", "stage2"]

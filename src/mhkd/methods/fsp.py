@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
-from mhkd.methods.layers import stage_pairs
+from mhkd.methods.layers import require_equal_channels, stage_pairs
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -58,15 +58,7 @@ class FSP(Method):
             if all(stems):
                 teacher, student = [stems[0], *teacher], [stems[1], *student]
         self.teacher_layers, self.student_layers = teacher, student
-        t_shapes = ctx.teacher_shapes(teacher)
-        s_shapes = ctx.student_shapes(student)
-        t_c = [int(t_shapes[n][0]) for n in teacher]
-        s_c = [int(s_shapes[n][0]) for n in student]
-        if t_c != s_c or any(len(t_shapes[n]) != 3 for n in teacher):
-            raise ValueError(
-                f"fsp needs feature maps of equal channel counts; teacher {', '.join(teacher)} "
-                f"have {t_c}, student {', '.join(student)} have {s_c}"
-            )
+        require_equal_channels(ctx, self.name, teacher, student)
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

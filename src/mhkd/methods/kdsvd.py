@@ -9,7 +9,7 @@ from torch import Tensor
 from mhkd import losses
 from mhkd.data.batch import Batch
 from mhkd.methods.base import Method, MethodContext, ModelOutput, TeacherUse, option, register
-from mhkd.methods.layers import stage_pairs
+from mhkd.methods.layers import require_equal_channels, stage_pairs
 
 
 @dataclass
@@ -34,14 +34,7 @@ class KDSVD(Method):
             raise ValueError(f"kdsvd.k must be at least 1, got {options.k}")
         self.k = options.k
         self.teacher_layers, self.student_layers = stage_pairs(ctx, self.name, "all")
-        t_shapes = ctx.teacher_shapes(self.teacher_layers)
-        s_shapes = ctx.student_shapes(self.student_layers)
-        for t, s in zip(self.teacher_layers, self.student_layers, strict=True):
-            if len(t_shapes[t]) != 3 or t_shapes[t][0] != s_shapes[s][0]:
-                raise ValueError(
-                    f"kdsvd needs feature maps of equal channel counts; teacher {t} is "
-                    f"{tuple(t_shapes[t])}, student {s} is {tuple(s_shapes[s])}"
-                )
+        require_equal_channels(ctx, self.name, self.teacher_layers, self.student_layers)
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch

@@ -327,6 +327,23 @@ def require_maps(ctx: LayerContext, method: str, teacher: list[str], student: li
         check_maps(method, role, probe(_model(ctx, role, method), names, ctx.input_shape).shapes)
 
 
+def require_equal_channels(
+    ctx: LayerContext, method: str, teacher: list[str], student: list[str]
+) -> None:
+    """Refuse pairs that are not spatial maps of one channel count (methods comparing the
+    maps' channel-by-channel products, FSP and KD-SVD), naming the pair and both shapes."""
+    t_shapes = probe(_model(ctx, "teacher", method), teacher, ctx.input_shape).shapes
+    s_shapes = probe(_model(ctx, "student", method), student, ctx.input_shape).shapes
+    check_maps(method, "teacher", t_shapes)
+    check_maps(method, "student", s_shapes)
+    for t, s in zip(teacher, student, strict=True):
+        if t_shapes[t][0] != s_shapes[s][0]:
+            raise ValueError(
+                f"{method} needs feature maps of equal channel counts; teacher {t} is "
+                f"{tuple(t_shapes[t])}, student {s} is {tuple(s_shapes[s])}"
+            )
+
+
 def feature_dim(shape: Sequence[int] | torch.Size) -> int:
     """Size of a layer's output as a vector (see :func:`mhkd.losses._common.flat_features`)."""
     return int(shape[0]) if len(shape) == 3 else int(math.prod(shape))
