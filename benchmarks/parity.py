@@ -242,12 +242,11 @@ def make_step(run: cfg.RunConfig, teacher, student, methods: MethodSet) -> Disti
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     forward = DistillForward(student, methods, teacher)
-    trained = (p for p in forward.parameters() if p.requires_grad)
-    optimizer, scheduler = optim.sgd(trained, run.optim, run.schedule)
-    device = torch.device("cpu")
-    trained = Trained(student, None, device, "fp32", BATCH, False)  # (no summary is taken)
+    params = (p for p in forward.parameters() if p.requires_grad)
+    optimizer, scheduler = optim.sgd(params, run.optim, run.schedule)
+    trained = Trained(student, None, torch.device("cpu"), "fp32", BATCH, False)  # no summary
     return DistillStep(forward, optimizer=optimizer, scheduler=scheduler, weights=weights,
-                       device=device, precision="fp32", data=None, trained=trained)  # fmt: skip
+                       trained=trained)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -81,8 +81,9 @@ class DistillStep:
     Everything around the step is built by :mod:`mhkd.pipelines.builder`: the optimiser,
     the data-parallel wrapper (``wrapped``, ``forward`` itself in one process), what the
     methods fit first (``prefit``, fresh runs only) and the teacher cache (``open_cache``,
-    called after it: the cache holds the pre-fitted heads' logits too); ``trained`` is how
-    the methods may judge the student at the end (:meth:`~mhkd.methods.Method.report`).
+    called after it: the cache holds the pre-fitted heads' logits too). ``trained`` says on
+    what and how the student runs (data, device, precision), which is also how the methods
+    judge it at the end (:meth:`~mhkd.methods.Method.report`).
     """
 
     def __init__(
@@ -92,9 +93,6 @@ class DistillStep:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         weights: dict[str, float],
-        device: torch.device,
-        precision: str,
-        data: Any,
         trained: Trained,
         wrapped: nn.Module | None = None,
         open_cache: Callable[[], TeacherCache] | None = None,
@@ -105,8 +103,8 @@ class DistillStep:
         self.teacher = forward.teacher
         self.optimizer, self.scheduler = optimizer, scheduler
         self.weights = weights
-        self.device, self.precision = device, precision
-        self.data, self.trained = data, trained
+        self.trained = trained  # the student's data, device, precision: one record of them
+        self.device, self.precision, self.data = trained.device, trained.precision, trained.data
         self._open_cache, self._prefit = open_cache, prefit
         self.cache: TeacherCache | None = None
 

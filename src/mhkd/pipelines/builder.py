@@ -188,8 +188,7 @@ def distill_step(parts: RunParts) -> DistillStep:
     trained = Trained(parts.student, parts.splits, hw.device, hw.precision,
                       config.optim.batch_size // distributed.world()[1], hw.channels_last)
     return DistillStep(
-        forward, optimizer=optimizer, scheduler=scheduler, weights=weights, device=hw.device,
-        precision=hw.precision, data=parts.splits, trained=trained,
+        forward, optimizer=optimizer, scheduler=scheduler, weights=weights, trained=trained,
         wrapped=parts.distributed(forward), open_cache=cache, prefit=prefit,
     )  # fmt: skip
 
