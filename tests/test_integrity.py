@@ -103,7 +103,7 @@ def test_a_run_of_the_previous_release_with_its_aux_section_still_resumes(tmp_pa
     (out / "config.yaml").write_text(yaml.safe_dump({**tree, "aux": {**old, "width": 3.0}}))
     line = cli_error(capsys, ["train", *TINY, "--epochs", "2", "--out", str(out), "--resume",
                               "--lr", "0.1"])  # fmt: skip
-    assert "aux.width 3.0 (now 2.0)" in line
+    assert "aux.width 3.0 (now (absent))" in line
 
 
 @pytest.mark.parametrize("exists", [False, True])
@@ -463,3 +463,15 @@ def test_a_module_returning_a_tuple_says_what_the_output_must_be(role, tiny_data
                        "tensor of shape batch × 4 classes, but returned a tuple"):  # fmt: skip
         api.distill(models["teacher"], models["student"], tiny_data, method="kd", epochs=1,
                     **FAST)  # fmt: skip
+
+
+def test_an_explicit_aux_none_run_resumes_as_one_without_it(tmp_path):
+    """``--aux none`` writes the section at its defaults; such a run and one without it compare
+    alike on resume (the one rule, config.without_default_sections, on both sides)."""
+    out = tmp_path / "run"
+    teacher = tmp_path / "t"
+    assert train(teacher, 1, "--lr", "0.1") == 0
+    base = [*DISTILL, "--teacher", str(teacher / "checkpoints/best.pt"), "--out", str(out)]
+    assert cli.main([*base, "--aux", "none"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["aux"]["mode"] == "none"
+    assert cli.main([*base, "--resume"]) == 0

@@ -160,6 +160,17 @@ def register_section(name: str, cls: type) -> None:
     PIPELINE_SECTIONS[name] = cls
 
 
+def without_default_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """A configuration tree (as config.yaml holds it) less the pipelines' sections at their
+    defaults: earlier releases wrote the proxy teacher's ``aux`` (mode none) into every run, so
+    old and new runs of one setting compare (resume) and pool (reports) alike."""
+    return {
+        key: value
+        for key, value in tree.items()
+        if not (key in PIPELINE_SECTIONS and value == to_dict(PIPELINE_SECTIONS[key]()))
+    }
+
+
 def all_sections() -> dict[str, type]:
     """Every section of a tree: the core ones, then the pipelines'."""
     return {**SECTIONS, **PIPELINE_SECTIONS}

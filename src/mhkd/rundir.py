@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from mhkd import checkpoint, lock
+from mhkd.config import without_default_sections
 
 LOCK = lock.NAME
 CONFIG = "config.yaml"
@@ -366,9 +367,7 @@ class RunDirectory(RunFiles):
             names = ", ".join(str(p.relative_to(self.root)) for p in orphans)
             self.warn(f"removed temporary file(s) left by an interrupted write: {names}")
 
-    def record_config(
-        self, tree: dict[str, Any], resume: bool, implied: dict[str, Any] | None = None
-    ) -> None:
+    def record_config(self, tree: dict[str, Any], resume: bool) -> None:
         """A fresh run writes config.yaml; a resumed one checks ``tree`` against it instead.
 
         config.yaml is written once, when the run starts, so it always says how the run was
@@ -376,18 +375,17 @@ class RunDirectory(RunFiles):
         naming the differing keys, before anything is written. That includes ``--epochs``:
         training longer would change the learning-rate schedule of epochs already trained
         (milestones, cosine), so a longer run is a new run. Every rank checks, so all refuse.
-        ``implied`` are sections ``tree`` leaves out at their defaults (a pipeline's, such as
-        ``aux``, which earlier releases wrote into every run): stored ones are compared to them.
+        A pipeline's section at its defaults counts as absent on both sides
+        (:func:`mhkd.config.without_default_sections`).
         """
         if self.root is None:
             return
         if resume and self.path(CONFIG).is_file():
             stored = self.read_config()
             wanted = yaml.safe_load(yaml.safe_dump(tree, sort_keys=False))  # as stored
-            for name, section in (implied or {}).items():
-                if name in stored and name not in wanted:
-                    wanted[name] = section
-            differ = config_differences(stored, wanted)
+            differ = config_differences(
+                without_default_sections(stored), without_default_sections(wanted)
+            )
             if differ:
                 longer = any(d.startswith("schedule.epochs ") for d in differ)
                 why = " (more epochs would change the schedule of those trained)" if longer else ""

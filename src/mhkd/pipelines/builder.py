@@ -24,13 +24,11 @@ from torch import nn
 
 from mhkd import data, distributed, hardware, optim
 from mhkd.config import (
-    PIPELINE_SECTIONS,
     ConfigError,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
     resolved_tree,
-    to_dict,
 )
 from mhkd.distill import DistillForward, DistillStep, PrefitStep, input_shape
 from mhkd.loop import EpochLoop, Step, set_seed
@@ -382,7 +380,7 @@ def _record_config(directory: RunDirectory, parts: RunParts, record: dict[str, A
                         **_model_facts(parts)}  # fmt: skip
     if record is None:
         tree.update(extra)
-    directory.record_config(tree, resume=resume, implied=_implied_sections(tree))
+    directory.record_config(tree, resume=resume)
 
 
 def _place_models(config: Any, hw: Hardware, splits: Any, student: nn.Module | None,
@@ -422,11 +420,6 @@ def _loaders(config: Any, hw: Hardware, splits: Any) -> tuple[Any, Any]:
         rank=rank, world_size=world, channels_last=hw.channels_last,
         eval_batch_size=config.optim.eval_batch_size, augment=config.data.augment, **options,
     )  # fmt: skip
-
-
-def _implied_sections(tree: dict[str, Any]) -> dict[str, Any]:
-    """The pipelines' sections ``tree`` leaves out, at their defaults (see record_config)."""
-    return {name: to_dict(cls()) for name, cls in PIPELINE_SECTIONS.items() if name not in tree}
 
 
 def _model_facts(parts: RunParts) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mhkd.pipelines  # noqa: F401  (registers the pipelines' sections)
-from mhkd.config import PIPELINE_SECTIONS, SECTIONS, flat_names, to_dict
+from mhkd.config import SECTIONS, flat_names, without_default_sections
 from mhkd.rundir import CONFIG, METRICS, SUMMARY, RunFiles, RunSummary
 
 RUN_FILES = (SUMMARY, METRICS, CONFIG)
@@ -103,13 +103,3 @@ def read_run(path: str | Path) -> Run:
     config = without_default_sections(run.read_config())
     return Run(Path(path), config, run.read_metrics(), run.read_summary())
 
-
-def without_default_sections(tree: dict[str, Any]) -> dict[str, Any]:
-    """``tree`` less the pipelines' sections that sit at their defaults: earlier releases
-    wrote the proxy teacher's ``aux`` (mode none) into every run's config.yaml, so without
-    this an old and a new run of one setting would not pool."""
-    return {
-        key: value
-        for key, value in tree.items()
-        if not (key in PIPELINE_SECTIONS and value == to_dict(PIPELINE_SECTIONS[key]()))
-    }
