@@ -155,11 +155,7 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
 def _add_run_flags(parser: argparse.ArgumentParser, teacher: bool) -> None:
     """The run-directory flags and the generated configuration flags of a training command."""
     group = parser.add_argument_group("run directory")
-    group.add_argument("--out", help="run directory (default: runs/<command>-<model>-<data>)")
-    group.add_argument("--resume", action="store_true", help="continue the run in --out")
-    group.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --out (default: refuse)"
-    )
+    _add_directory_flags(group, "runs/<command>-<model>-<data>")
     _add_print_config(group)
     if teacher:
         import mhkd.pipelines  # noqa: F401  (pipelines register their sections' flags)
@@ -169,6 +165,15 @@ def _add_run_flags(parser: argparse.ArgumentParser, teacher: bool) -> None:
         cfg.add_flags(parser, sections=("data", "models", "optim", "schedule", "runtime"),
                       renames={"models.student": "model"}, methods=False,
                       skip=TEACHER_FIELDS)  # fmt: skip
+
+
+def _add_directory_flags(group: Any, default_out: str) -> None:
+    """``--out``, ``--resume`` and ``--overwrite`` of a command that writes one run."""
+    group.add_argument("--out", help=f"run directory (default: {default_out})")
+    group.add_argument("--resume", action="store_true", help="continue the run in --out")
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out (default: refuse)"
+    )
 
 
 def _add_print_config(group: Any) -> None:
@@ -341,11 +346,7 @@ def _add_prune_command(commands: argparse._SubParsersAction) -> None:
         "Flags override a --recipe file, which overrides the defaults.",
     )
     parser.add_argument("--recipe", help="YAML file of settings (see recipes/prune/)")
-    parser.add_argument("--out", help="run directory (default: runs/prune-<kind>-<keep>-<data>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --out (default: refuse)"
-    )
+    _add_directory_flags(parser, "runs/prune-<kind>-<keep>-<data>")
     _add_print_config(parser)
     add_prune_flags(parser)
     parser.set_defaults(run=_run_prune)

@@ -97,7 +97,6 @@ def run_with_pretraining(
     splits: Any = None,
     resume: bool = False,
     overwrite: bool = False,
-    **options: Any,
 ) -> dict[str, Any]:
     """Stage 1 then stage 2 (see the module docstring); returns stage 2's summary."""
     name = pretraining_method(config)
@@ -124,7 +123,7 @@ def run_with_pretraining(
              "pretrain_epochs": config.options[name].init_epochs}  # fmt: skip
     return fit_stage(
         _stage_two_config(config, name, out), out, student=student, teacher=teacher,
-        splits=splits, resume=resume, overwrite=overwrite, facts=facts, **options,
+        splits=splits, resume=resume, overwrite=overwrite, facts=facts,
     ).summary  # fmt: skip
 
 

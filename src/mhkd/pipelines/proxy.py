@@ -166,7 +166,6 @@ def run_with_proxy(
     splits: Any = None,
     resume: bool = False,
     overwrite: bool = False,
-    **options: Any,
 ) -> dict[str, Any]:
     """The student taught by a proxy (``config.aux.mode``: ``auto`` or a proxy checkpoint)."""
     if "infoflow" not in expand(config.method):
@@ -196,7 +195,7 @@ def run_with_proxy(
     }
     return fit_stage(
         student_config, out, student=student, teacher=proxy.requires_grad_(False).eval(),
-        splits=splits, resume=resume, overwrite=overwrite, facts=facts, **options,
+        splits=splits, resume=resume, overwrite=overwrite, facts=facts,
     ).summary  # fmt: skip
 
 
